@@ -1,0 +1,197 @@
+//! Query texts travel once per stream.
+//!
+//! The sender keeps a [`QueryInterner`]: it turns a self-contained
+//! [`Snapshot`] into a [`pb::Snapshot`] that carries only the texts not yet
+//! sent on the stream. The receiver keeps a [`QueryResolver`]: it remembers
+//! the texts a stream sent and turns each [`pb::Snapshot`] back into a
+//! self-contained [`Snapshot`], rejecting references to texts never sent.
+//!
+//! Both sides are bounded. When the interner has sent
+//! [`DEFAULT_MAX_TEXTS_PER_STREAM`] texts it forgets them all and sets
+//! `reset_queries` on the next snapshot; the resolver forgets too. A stream
+//! that piles up more than [`MAX_TEXTS_PER_STREAM`] without a reset is
+//! refused.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::model::{QueryTexts, Snapshot};
+use crate::{pb, ProtocolError};
+
+/// How many texts an interner remembers before it starts over.
+pub const DEFAULT_MAX_TEXTS_PER_STREAM: usize = 50_000;
+
+/// How many texts a resolver accepts between resets.
+pub const MAX_TEXTS_PER_STREAM: usize = 4 * DEFAULT_MAX_TEXTS_PER_STREAM;
+
+/// The longest query text accepted, in bytes.
+pub const MAX_TEXT_LEN: usize = 1 << 20;
+
+/// Sender side: which texts this stream has sent.
+#[derive(Debug)]
+pub struct QueryInterner {
+    sent: HashSet<u64>,
+    max: usize,
+}
+
+impl Default for QueryInterner {
+    fn default() -> Self {
+        Self::with_capacity(DEFAULT_MAX_TEXTS_PER_STREAM)
+    }
+}
+
+impl QueryInterner {
+    /// An interner that starts over after `max` texts.
+    pub fn with_capacity(max: usize) -> Self {
+        Self {
+            sent: HashSet::new(),
+            max: max.max(1),
+        }
+    }
+
+    /// The wire form of `snapshot`, carrying only texts new on this stream.
+    pub fn encode(&mut self, snapshot: &Snapshot) -> pb::Snapshot {
+        let mut reset = false;
+        if self.sent.len() + snapshot.queries.len() > self.max {
+            self.sent.clear();
+            reset = true;
+        }
+        let mut queries: Vec<pb::QueryText> = snapshot
+            .queries
+            .iter()
+            .filter(|(id, _)| self.sent.insert(**id))
+            .map(|(id, text)| pb::QueryText {
+                id: *id,
+                text: text.to_string(),
+            })
+            .collect();
+        queries.sort_unstable_by_key(|q| q.id);
+        pb::Snapshot {
+            instance: snapshot.instance.clone(),
+            seq: snapshot.seq,
+            sampled_at_us: snapshot.sampled_at,
+            facts: snapshot.facts.clone(),
+            queries,
+            reset_queries: reset,
+            sessions: snapshot.sessions.clone(),
+            processes: snapshot.processes.clone(),
+            dropped_before: snapshot.dropped_before,
+            blind_spots: snapshot.blind_spots.clone(),
+        }
+    }
+}
+
+/// Receiver side: the texts this stream has sent.
+#[derive(Debug, Default)]
+pub struct QueryResolver {
+    known: HashMap<u64, Arc<str>>,
+}
+
+impl QueryResolver {
+    /// Learns the texts `wire` carries and returns the self-contained,
+    /// validated snapshot.
+    pub fn decode(&mut self, wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
+        if wire.reset_queries {
+            self.known.clear();
+        }
+        for q in wire.queries {
+            if q.text.len() > MAX_TEXT_LEN {
+                return Err(ProtocolError::Invalid {
+                    field: "queries.text",
+                    reason: format!("longer than {MAX_TEXT_LEN} bytes"),
+                });
+            }
+            self.known.insert(q.id, q.text.into());
+        }
+        if self.known.len() > MAX_TEXTS_PER_STREAM {
+            return Err(ProtocolError::Invalid {
+                field: "queries",
+                reason: format!("more than {MAX_TEXTS_PER_STREAM} texts without a reset"),
+            });
+        }
+        let mut queries = QueryTexts::new();
+        for s in &wire.sessions {
+            if let Some(id) = s.query_id {
+                let text = self
+                    .known
+                    .get(&id)
+                    .ok_or(ProtocolError::UnknownQuery { pid: s.pid, id })?;
+                queries.insert(id, text.clone());
+            }
+        }
+        let snapshot = Snapshot {
+            instance: wire.instance,
+            seq: wire.seq,
+            sampled_at: wire.sampled_at_us,
+            facts: wire.facts,
+            sessions: wire.sessions,
+            processes: wire.processes,
+            queries,
+            dropped_before: wire.dropped_before,
+            blind_spots: wire.blind_spots,
+        };
+        snapshot.validate()?;
+        Ok(snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::query_hash;
+
+    fn snapshot(seq: u64, texts: &[&str]) -> Snapshot {
+        let mut s = Snapshot {
+            instance: "main".into(),
+            seq,
+            sampled_at: 1_700_000_000_000_000 + seq as i64,
+            ..Default::default()
+        };
+        for (i, t) in texts.iter().enumerate() {
+            let id = query_hash(t);
+            s.queries.insert(id, (*t).into());
+            s.sessions.push(pb::Session {
+                pid: 100 + i as i32,
+                query_id: Some(id),
+                ..Default::default()
+            });
+        }
+        s
+    }
+
+    #[test]
+    fn a_text_travels_once_per_stream() {
+        let mut tx = QueryInterner::default();
+        let mut rx = QueryResolver::default();
+        let first = snapshot(1, &["select 1", "select 2"]);
+        let wire = tx.encode(&first);
+        assert_eq!(wire.queries.len(), 2);
+        assert_eq!(rx.decode(wire).unwrap(), first);
+
+        let second = snapshot(2, &["select 2", "select 3"]);
+        let wire = tx.encode(&second);
+        assert_eq!(wire.queries.len(), 1, "only the new text travels");
+        assert_eq!(rx.decode(wire).unwrap(), second);
+    }
+
+    #[test]
+    fn a_new_stream_must_resend() {
+        let mut tx = QueryInterner::default();
+        tx.encode(&snapshot(1, &["select 1"]));
+        let wire = tx.encode(&snapshot(2, &["select 1"]));
+        let err = QueryResolver::default().decode(wire).unwrap_err();
+        assert!(matches!(err, ProtocolError::UnknownQuery { .. }));
+    }
+
+    #[test]
+    fn the_interner_starts_over_when_full() {
+        let mut tx = QueryInterner::with_capacity(2);
+        let mut rx = QueryResolver::default();
+        rx.decode(tx.encode(&snapshot(1, &["a", "b"]))).unwrap();
+        let wire = tx.encode(&snapshot(2, &["b", "c"]));
+        assert!(wire.reset_queries);
+        assert_eq!(wire.queries.len(), 2);
+        rx.decode(wire).unwrap();
+        assert_eq!(rx.known.len(), 2);
+    }
+}
