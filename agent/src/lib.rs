@@ -1,1 +1,70 @@
-//! stub
+//! The pgtrail agent.
+//!
+//! Samples `pg_stat_activity` and the postmaster's process tree of one or
+//! more PostgreSQL instances every interval and streams the snapshots to a
+//! collector ([`run`]), or hands them to the host program ([`AgentBuilder`]).
+//! [`Sampler`] takes one snapshot on demand.
+//!
+//! The agent needs no superuser: the `pg_monitor` role lets it see every
+//! session. What it cannot see is marked unknown and named in each
+//! snapshot's `blind_spots`.
+#![warn(missing_docs)]
+
+mod builder;
+pub mod config;
+mod error;
+pub mod os;
+pub mod pg;
+mod report;
+mod sampler;
+mod sender;
+mod stats;
+
+pub use builder::{AgentBuilder, AgentHandle, DEFAULT_CHANNEL_PER_INSTANCE};
+pub use config::{Config, InstanceConfig};
+pub use error::AgentError;
+pub use report::error_chain;
+pub use sampler::Sampler;
+pub use sender::Sender;
+pub use stats::StatsSnapshot;
+
+use pgtrail_proto::pb;
+use tracing::info;
+
+/// The agent's version, sent in its hello.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Runs the agent until `shutdown` resolves: samples every configured
+/// instance and streams the snapshots to the collector.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<StatsSnapshot, AgentError> {
+    let host = config.host_name();
+    let (agent, snapshots) = AgentBuilder::from_config(&config)?.spawn()?;
+    let hello = pb::Hello {
+        agent_id: format!("{host}/{}", std::process::id()),
+        host: host.clone(),
+        agent_version: VERSION.to_string(),
+    };
+    let sender = Sender::new(
+        config.collector.clone(),
+        hello,
+        config.queue_capacity,
+        agent.shared_stats(),
+    );
+    let sending = tokio::spawn(sender.run(snapshots));
+    info!(host = %host, collector = %config.collector, instances = config.instances.len(), interval = ?config.interval, "agent started");
+    let stats = agent.shared_stats();
+    shutdown.await;
+    agent.shutdown().await;
+    let _ = sending.await;
+    let stats = stats.snapshot();
+    info!(
+        samples = stats.samples,
+        failures = stats.failures,
+        dropped = stats.dropped,
+        "agent stopped"
+    );
+    Ok(stats)
+}

@@ -1,14 +1,14 @@
-//! Query texts travel once per stream.
+//! Query texts (and unchanged facts) travel once per stream.
 //!
-//! The sender keeps a [`QueryInterner`]: it turns a self-contained
+//! The sender keeps a [`StreamEncoder`]: it turns a self-contained
 //! [`Snapshot`] into a [`pb::Snapshot`] that carries only the texts not yet
-//! sent on the stream. The receiver keeps a [`QueryResolver`]: it remembers
+//! sent on the stream. The receiver keeps a [`StreamDecoder`]: it remembers
 //! the texts a stream sent and turns each [`pb::Snapshot`] back into a
 //! self-contained [`Snapshot`], rejecting references to texts never sent.
 //!
-//! Both sides are bounded. When the interner has sent
+//! Both sides are bounded. When the encoder has sent
 //! [`DEFAULT_MAX_TEXTS_PER_STREAM`] texts it forgets them all and sets
-//! `reset_queries` on the next snapshot; the resolver forgets too. A stream
+//! `reset_queries` on the next snapshot; the decoder forgets too. A stream
 //! that piles up more than [`MAX_TEXTS_PER_STREAM`] without a reset is
 //! refused.
 
@@ -18,34 +18,38 @@ use std::sync::Arc;
 use crate::model::{QueryTexts, Snapshot};
 use crate::{pb, ProtocolError};
 
-/// How many texts an interner remembers before it starts over.
+/// How many texts an encoder remembers before it starts over.
 pub const DEFAULT_MAX_TEXTS_PER_STREAM: usize = 50_000;
 
-/// How many texts a resolver accepts between resets.
+/// How many texts a decoder accepts between resets.
 pub const MAX_TEXTS_PER_STREAM: usize = 4 * DEFAULT_MAX_TEXTS_PER_STREAM;
 
 /// The longest query text accepted, in bytes.
 pub const MAX_TEXT_LEN: usize = 1 << 20;
 
-/// Sender side: which texts this stream has sent.
+/// Sender side: which texts, and which facts per instance, this stream has
+/// sent. A snapshot's facts travel only when they differ from the last ones
+/// sent for its instance on the stream.
 #[derive(Debug)]
-pub struct QueryInterner {
+pub struct StreamEncoder {
     sent: HashSet<u64>,
     max: usize,
+    facts: HashMap<String, pb::InstanceFacts>,
 }
 
-impl Default for QueryInterner {
+impl Default for StreamEncoder {
     fn default() -> Self {
         Self::with_capacity(DEFAULT_MAX_TEXTS_PER_STREAM)
     }
 }
 
-impl QueryInterner {
-    /// An interner that starts over after `max` texts.
+impl StreamEncoder {
+    /// An encoder that starts over after `max` texts.
     pub fn with_capacity(max: usize) -> Self {
         Self {
             sent: HashSet::new(),
             max: max.max(1),
+            facts: HashMap::new(),
         }
     }
 
@@ -66,11 +70,18 @@ impl QueryInterner {
             })
             .collect();
         queries.sort_unstable_by_key(|q| q.id);
+        let facts = snapshot.facts.as_ref().filter(|f| {
+            let changed = self.facts.get(&snapshot.instance) != Some(*f);
+            if changed {
+                self.facts.insert(snapshot.instance.clone(), (*f).clone());
+            }
+            changed
+        });
         pb::Snapshot {
             instance: snapshot.instance.clone(),
             seq: snapshot.seq,
             sampled_at_us: snapshot.sampled_at,
-            facts: snapshot.facts.clone(),
+            facts: facts.cloned(),
             queries,
             reset_queries: reset,
             sessions: snapshot.sessions.clone(),
@@ -83,11 +94,11 @@ impl QueryInterner {
 
 /// Receiver side: the texts this stream has sent.
 #[derive(Debug, Default)]
-pub struct QueryResolver {
+pub struct StreamDecoder {
     known: HashMap<u64, Arc<str>>,
 }
 
-impl QueryResolver {
+impl StreamDecoder {
     /// Learns the texts `wire` carries and returns the self-contained,
     /// validated snapshot.
     pub fn decode(&mut self, wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
@@ -161,8 +172,8 @@ mod tests {
 
     #[test]
     fn a_text_travels_once_per_stream() {
-        let mut tx = QueryInterner::default();
-        let mut rx = QueryResolver::default();
+        let mut tx = StreamEncoder::default();
+        let mut rx = StreamDecoder::default();
         let first = snapshot(1, &["select 1", "select 2"]);
         let wire = tx.encode(&first);
         assert_eq!(wire.queries.len(), 2);
@@ -175,18 +186,36 @@ mod tests {
     }
 
     #[test]
+    fn facts_travel_when_they_change() {
+        let mut tx = StreamEncoder::default();
+        let mut s = snapshot(1, &[]);
+        s.facts = Some(pb::InstanceFacts {
+            max_connections: Some(100),
+            ..Default::default()
+        });
+        assert!(tx.encode(&s).facts.is_some());
+        assert!(tx.encode(&s).facts.is_none(), "unchanged: not resent");
+        s.facts.as_mut().unwrap().max_connections = Some(200);
+        assert!(tx.encode(&s).facts.is_some());
+        assert!(
+            StreamEncoder::default().encode(&s).facts.is_some(),
+            "new stream"
+        );
+    }
+
+    #[test]
     fn a_new_stream_must_resend() {
-        let mut tx = QueryInterner::default();
+        let mut tx = StreamEncoder::default();
         tx.encode(&snapshot(1, &["select 1"]));
         let wire = tx.encode(&snapshot(2, &["select 1"]));
-        let err = QueryResolver::default().decode(wire).unwrap_err();
+        let err = StreamDecoder::default().decode(wire).unwrap_err();
         assert!(matches!(err, ProtocolError::UnknownQuery { .. }));
     }
 
     #[test]
-    fn the_interner_starts_over_when_full() {
-        let mut tx = QueryInterner::with_capacity(2);
-        let mut rx = QueryResolver::default();
+    fn the_encoder_starts_over_when_full() {
+        let mut tx = StreamEncoder::with_capacity(2);
+        let mut rx = StreamDecoder::default();
         rx.decode(tx.encode(&snapshot(1, &["a", "b"]))).unwrap();
         let wire = tx.encode(&snapshot(2, &["b", "c"]));
         assert!(wire.reset_queries);

@@ -212,7 +212,10 @@ mod tests {
             ..Default::default()
         });
         let err = s.validate().unwrap_err();
-        assert!(matches!(err, ProtocolError::UnknownQuery { pid: 42, id: 7 }));
+        assert!(matches!(
+            err,
+            ProtocolError::UnknownQuery { pid: 42, id: 7 }
+        ));
         s.queries.insert(7, "select 1".into());
         s.validate().unwrap();
     }
