@@ -1,1 +1,110 @@
-//! stub
+//! The pgtrail collector.
+//!
+//! Receives snapshots from agents over gRPC ([`service::IngestService`]),
+//! keeps history in an embedded store ([`store`]), maintains what
+//! long-range questions need as samples arrive ([`ingest`]), and answers
+//! the CLI's questions ([`query`], served by [`service::HistoryService`]).
+//! [`Collector`] ties these together for the binary and for `pgtrail
+//! record`, which feeds it snapshots in-process.
+#![warn(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod ingest;
+pub mod query;
+pub mod service;
+pub mod store;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use config::Config;
+pub use error::CollectorError;
+pub use ingest::Ingestor;
+pub use query::History;
+
+use pgtrail_proto::pb::{history_server::HistoryServer, ingest_server::IngestServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tracing::info;
+
+use crate::service::{HistoryService, IngestService, MAX_MESSAGE_BYTES};
+use crate::store::{SledStore, Store};
+
+/// An open collector: a store and the services over it.
+#[derive(Debug, Clone)]
+pub struct Collector {
+    store: Arc<SledStore>,
+    ingestor: Arc<Ingestor>,
+    history: History,
+}
+
+impl Collector {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, CollectorError> {
+        let store = Arc::new(SledStore::open(dir).map_err(|source| CollectorError::Open {
+            path: dir.display().to_string(),
+            source,
+        })?);
+        let dyn_store: Arc<dyn Store> = store.clone();
+        Ok(Self {
+            ingestor: Arc::new(Ingestor::new(dyn_store.clone())),
+            history: History::new(dyn_store),
+            store,
+        })
+    }
+
+    /// Stores snapshots, for in-process agents.
+    pub fn ingestor(&self) -> Arc<Ingestor> {
+        self.ingestor.clone()
+    }
+
+    /// Answers questions in-process.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Binds `addr` ("host:port"; port 0 picks a free one).
+    pub async fn bind(addr: &str) -> Result<TcpListener, CollectorError> {
+        TcpListener::bind(addr)
+            .await
+            .map_err(|source| CollectorError::Bind {
+                addr: addr.to_string(),
+                source,
+            })
+    }
+
+    /// Serves `Ingest` and `History` on `listener` until `shutdown`
+    /// resolves, then makes the store durable.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), CollectorError> {
+        let addr = listener.local_addr().ok();
+        info!(addr = ?addr, "serving gRPC");
+        let ingest = IngestServer::new(IngestService::new(self.ingestor.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let history = HistoryServer::new(HistoryService::new(self.history.clone()))
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::transport::Server::builder()
+            .add_service(ingest)
+            .add_service(history)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        self.store.flush()?;
+        Ok(())
+    }
+}
+
+/// Runs a collector as `config` says until `shutdown` resolves.
+pub async fn run(
+    config: &Config,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), CollectorError> {
+    let collector = Collector::open(&config.data)?;
+    let listener = Collector::bind(&config.listen.to_string()).await?;
+    info!(data = %config.data.display(), "store open");
+    collector.serve(listener, shutdown).await
+}

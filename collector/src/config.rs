@@ -1,0 +1,72 @@
+//! Collector configuration: a TOML file, overridden by environment and
+//! flags.
+//!
+//! ```toml
+//! listen = "0.0.0.0:7070"
+//! data = "/var/lib/pgtrail"
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::CollectorError;
+
+/// Where the collector listens unless told otherwise (loopback only).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+/// Where the store lives unless told otherwise.
+pub const DEFAULT_DATA: &str = "./pgtrail-data";
+
+/// The collector's settings.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The address to serve gRPC on.
+    pub listen: SocketAddr,
+    /// The store's directory.
+    pub data: PathBuf,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            data: PathBuf::from(DEFAULT_DATA),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file.
+    pub fn from_file(path: &Path) -> Result<Self, CollectorError> {
+        let text = std::fs::read_to_string(path).map_err(|source| CollectorError::ConfigFile {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| {
+            CollectorError::Config(format!("{}: {}", path.display(), e.to_string().trim()))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "listen = '127.0.0.1:1'\nretention = '7d'\n").unwrap();
+        let msg = Config::from_file(&path).unwrap_err().to_string();
+        assert!(msg.contains("line 2") && msg.contains("retention"), "{msg}");
+    }
+
+    #[test]
+    fn defaults_fill_the_rest() {
+        let c: Config = toml::from_str("data = '/tmp/x'").unwrap();
+        assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
+        assert_eq!(c.data, PathBuf::from("/tmp/x"));
+    }
+}

@@ -1,0 +1,98 @@
+//! `pgtrail.v1.History`: the CLI's questions, answered from the store on a
+//! blocking thread (sled reads block).
+
+use pgtrail_proto::pb::{self, history_server::History as HistoryApi};
+use tonic::{Request, Response, Status};
+
+use crate::query::{History, QueryError};
+
+/// Serves the CLI's questions.
+#[derive(Debug, Clone)]
+pub struct HistoryService {
+    history: History,
+}
+
+impl HistoryService {
+    /// A service answering from `history`.
+    pub fn new(history: History) -> Self {
+        Self { history }
+    }
+
+    async fn answer<T, F>(&self, f: F) -> Result<Response<T>, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&History) -> Result<T, QueryError> + Send + 'static,
+    {
+        let history = self.history.clone();
+        tokio::task::spawn_blocking(move || f(&history))
+            .await
+            .map_err(|e| Status::internal(format!("query task failed: {e}")))?
+            .map(Response::new)
+            .map_err(Status::from)
+    }
+}
+
+#[tonic::async_trait]
+impl HistoryApi for HistoryService {
+    async fn hosts(
+        &self,
+        request: Request<pb::HostsRequest>,
+    ) -> Result<Response<pb::HostsResponse>, Status> {
+        let scope = request.into_inner().scope.unwrap_or_default();
+        self.answer(move |h| {
+            Ok(pb::HostsResponse {
+                instances: h.hosts(&scope)?,
+            })
+        })
+        .await
+    }
+
+    async fn peaks(
+        &self,
+        request: Request<pb::PeaksRequest>,
+    ) -> Result<Response<pb::PeaksResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        let window = r
+            .window
+            .ok_or_else(|| Status::invalid_argument("missing window"))?;
+        self.answer(move |h| {
+            Ok(pb::PeaksResponse {
+                peaks: h.peaks(&scope, &window)?,
+            })
+        })
+        .await
+    }
+
+    async fn leaks(
+        &self,
+        request: Request<pb::LeaksRequest>,
+    ) -> Result<Response<pb::LeaksResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        let window = r
+            .window
+            .ok_or_else(|| Status::invalid_argument("missing window"))?;
+        let min = r.min_duration_us;
+        self.answer(move |h| {
+            Ok(pb::LeaksResponse {
+                episodes: h.leaks(&scope, &window, min)?,
+            })
+        })
+        .await
+    }
+
+    async fn at(
+        &self,
+        request: Request<pb::AtRequest>,
+    ) -> Result<Response<pb::AtResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        self.answer(move |h| {
+            Ok(pb::AtResponse {
+                instances: h.at(&scope, r.at_us)?,
+            })
+        })
+        .await
+    }
+}

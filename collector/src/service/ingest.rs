@@ -1,0 +1,96 @@
+//! `pgtrail.v1.Ingest`: one stream per agent; every snapshot is
+//! acknowledged once it is durable.
+
+use std::sync::Arc;
+
+use pgtrail_proto::intern::StreamDecoder;
+use pgtrail_proto::pb::{self, ingest_server::Ingest};
+use pgtrail_proto::ProtocolError;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{info, warn};
+
+use crate::ingest::{Ingestor, Outcome};
+use crate::query::error_chain;
+
+/// Serves agents' streams.
+#[derive(Debug, Clone)]
+pub struct IngestService {
+    ingestor: Arc<Ingestor>,
+}
+
+impl IngestService {
+    /// A service storing through `ingestor`.
+    pub fn new(ingestor: Arc<Ingestor>) -> Self {
+        Self { ingestor }
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type StreamStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
+
+    async fn stream(
+        &self,
+        request: Request<Streaming<pb::AgentMessage>>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let peer = request
+            .remote_addr()
+            .map_or_else(|| "in-process".to_string(), |a| a.to_string());
+        let mut inbound = request.into_inner();
+        let (acks, rx) = mpsc::channel(64);
+        let ingestor = self.ingestor.clone();
+        tokio::spawn(async move {
+            if let Err(status) = serve(&ingestor, &mut inbound, &acks).await {
+                warn!(peer = %peer, error = %status.message(), "agent stream ended with an error");
+                let _ = acks.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+async fn serve(
+    ingestor: &Ingestor,
+    inbound: &mut Streaming<pb::AgentMessage>,
+    acks: &mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+) -> Result<(), Status> {
+    use pb::agent_message::Kind;
+    let hello = match inbound.message().await? {
+        None => return Ok(()),
+        Some(pb::AgentMessage {
+            kind: Some(Kind::Hello(hello)),
+        }) => hello,
+        Some(_) => return Err(ProtocolError::Unexpected("a stream must open with a hello").into()),
+    };
+    if hello.host.is_empty() {
+        return Err(ProtocolError::Missing("hello.host").into());
+    }
+    info!(host = %hello.host, agent = %hello.agent_id, version = %hello.agent_version, "agent connected");
+    let mut decoder = StreamDecoder::default();
+    while let Some(message) = inbound.message().await? {
+        let wire = match message.kind {
+            Some(Kind::Snapshot(s)) => s,
+            Some(Kind::Hello(_)) => return Err(ProtocolError::Unexpected("a second hello").into()),
+            None => return Err(ProtocolError::Missing("kind").into()),
+        };
+        let snapshot = decoder.decode(wire)?;
+        let outcome = ingestor
+            .ingest(&hello.host, &snapshot)
+            .await
+            .map_err(|e| Status::unavailable(error_chain(&e)))?;
+        let ack = pb::CollectorMessage {
+            kind: Some(pb::collector_message::Kind::Ack(pb::Ack {
+                instance: snapshot.instance,
+                seq: snapshot.seq,
+                duplicate: outcome == Outcome::Duplicate,
+            })),
+        };
+        if acks.send(Ok(ack)).await.is_err() {
+            break; // the agent hung up
+        }
+    }
+    info!(host = %hello.host, agent = %hello.agent_id, "agent disconnected");
+    Ok(())
+}

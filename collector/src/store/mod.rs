@@ -1,0 +1,168 @@
+//! The collector's history, behind an interface shaped by what the
+//! collector does: append a sample with its derived records, read a window.
+//! [`SledStore`] is the embedded implementation; a second backend is an
+//! addition, not a rewrite.
+//!
+//! # Layout (sled)
+//!
+//! One tree per record kind; keys are big-endian (see [`keys`]) so each
+//! (instance, time window) is one range scan.
+//!
+//! | tree            | key                                   | value              |
+//! |-----------------|---------------------------------------|--------------------|
+//! | `meta`          | name                                  | format, next id    |
+//! | `instances`     | host `\0` instance                    | [`InstanceRecord`] |
+//! | `samples`       | instance u32, time                    | [`StoredSample`]   |
+//! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
+//! | `minutes`       | instance u32, minute start            | [`MinuteRollup`]   |
+//! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
+//! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
+//! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
+//!
+//! # Invariants
+//!
+//! - A sample is stored at most once per (instance, time): [`Store::append`]
+//!   of a sample whose key exists changes nothing and reports a duplicate.
+//!   The sample, its rollup, its episodes, facts, texts and the instance's
+//!   counters are written in one transaction: all or none.
+//! - Every `query_id` a stored row or episode holds has its text in
+//!   `queries` (texts are written before or with their first reference).
+//! - An episode is in `open_episodes` or in `episodes`, never both.
+//! - `facts` holds an entry only where the facts changed.
+
+mod keys;
+mod records;
+mod sled;
+
+pub use self::keys::{EpisodeKind, InstanceId};
+pub use self::records::{EpisodeRecord, InstanceRecord, MinuteRollup, StoredSample};
+pub use self::sled::SledStore;
+
+use std::collections::HashMap;
+
+use pgtrail_proto::pb;
+use pgtrail_proto::time::Micros;
+use thiserror::Error;
+
+/// The store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// The embedded database failed.
+    #[error("storage failed")]
+    Sled(#[from] ::sled::Error),
+    /// A stored value could not be decoded: the store is damaged or from an
+    /// incompatible version.
+    #[error("stored value in tree {tree} is damaged")]
+    Corrupt {
+        /// Which tree.
+        tree: &'static str,
+        /// The decoder's error.
+        #[source]
+        source: prost::DecodeError,
+    },
+    /// An instance id without its record: the store is damaged.
+    #[error("instance {0} is registered but has no record")]
+    MissingInstance(InstanceId),
+    /// The store was written by an incompatible version of pgtrail.
+    #[error("the store at {path} has format {found}, this pgtrail reads format {expected}")]
+    Format {
+        /// Where.
+        path: String,
+        /// The format found.
+        found: u32,
+        /// The format this build reads.
+        expected: u32,
+    },
+}
+
+/// Everything one sample writes, applied atomically.
+#[derive(Debug, Default)]
+pub struct Append {
+    /// The instance.
+    pub instance: InstanceId,
+    /// The sample's time.
+    pub sampled_at: Micros,
+    /// The sample.
+    pub sample: StoredSample,
+    /// Query texts the sample refers to (written when absent).
+    pub texts: Vec<(u64, std::sync::Arc<str>)>,
+    /// The facts, when they differ from the latest stored.
+    pub facts: Option<pb::InstanceFacts>,
+    /// The sample's minute rollup, merged with what was stored.
+    pub minute: Option<(Micros, MinuteRollup)>,
+    /// Episodes that began.
+    pub opened: Vec<(EpisodeKind, EpisodeRecord)>,
+    /// Episodes that ended (removed from the open set).
+    pub closed: Vec<(EpisodeKind, EpisodeRecord)>,
+    /// Snapshots the agent dropped just before this one.
+    pub dropped: u64,
+}
+
+/// The collector's history.
+pub trait Store: Send + Sync + 'static {
+    /// The id of (host, instance), registering it when new.
+    fn instance_id(&self, host: &str, instance: &str) -> Result<InstanceId, StoreError>;
+    /// Every known instance.
+    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
+    /// Writes a sample and its derived records atomically. Returns `false`
+    /// (and writes nothing) when the sample was already stored.
+    fn append(&self, append: &Append) -> Result<bool, StoreError>;
+    /// Whether a sample of `instance` at `t` is stored.
+    fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError>;
+    /// Makes everything appended so far durable (blocks on the disk: call
+    /// it from a blocking task).
+    fn flush(&self) -> Result<(), StoreError>;
+    /// The first and last sample times.
+    fn sample_bounds(&self, instance: InstanceId) -> Result<Option<(Micros, Micros)>, StoreError>;
+    /// The sample at or just before `t`.
+    fn sample_at(
+        &self,
+        instance: InstanceId,
+        t: Micros,
+    ) -> Result<Option<(Micros, StoredSample)>, StoreError>;
+    /// Samples in `[from, to]`, oldest first.
+    fn samples(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, StoredSample)>, StoreError>;
+    /// The rollup of the minute starting at `minute`.
+    fn minute(
+        &self,
+        instance: InstanceId,
+        minute: Micros,
+    ) -> Result<Option<MinuteRollup>, StoreError>;
+    /// Rollups of minutes starting in `[from, to]`, oldest first.
+    fn minutes(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, MinuteRollup)>, StoreError>;
+    /// The facts in force at `t` (the latest at or before it, else the
+    /// first after it).
+    fn facts_at(
+        &self,
+        instance: InstanceId,
+        t: Micros,
+    ) -> Result<Option<pb::InstanceFacts>, StoreError>;
+    /// Closed episodes that ended at or after `ended_from`.
+    fn closed_episodes(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        ended_from: Micros,
+    ) -> Result<Vec<EpisodeRecord>, StoreError>;
+    /// Episodes still open.
+    fn open_episodes(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+    ) -> Result<Vec<EpisodeRecord>, StoreError>;
+    /// The texts of these query ids (unknown ids are left out).
+    fn query_texts(
+        &self,
+        ids: &mut dyn Iterator<Item = u64>,
+    ) -> Result<HashMap<u64, String>, StoreError>;
+}

@@ -1,0 +1,384 @@
+//! [`Store`] on sled: one `Db` per process, one tree per record kind.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::RwLock;
+
+use pgtrail_proto::pb;
+use pgtrail_proto::time::Micros;
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::{Transactional, Tree};
+
+use super::keys::{self, EpisodeKind, InstanceId};
+use super::records::{EpisodeRecord, InstanceRecord, MinuteRollup, StoredSample};
+use super::{Append, Store, StoreError};
+
+/// The layout version this build writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// How much sled may cache. Not a cap on RSS (sled's own caveat), but it
+/// keeps the page cache from growing with the store.
+const CACHE_BYTES: u64 = 64 << 20;
+
+/// The embedded store.
+#[derive(Debug)]
+pub struct SledStore {
+    db: sled::Db,
+    instances: Tree,
+    samples: Tree,
+    facts: Tree,
+    minutes: Tree,
+    episodes: Tree,
+    open_episodes: Tree,
+    queries: Tree,
+    meta: Tree,
+    /// id → key in `instances`, so appends find the record to count in.
+    instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()?;
+        let tree = |name: &str| db.open_tree(name);
+        let store = Self {
+            instances: tree("instances")?,
+            samples: tree("samples")?,
+            facts: tree("facts")?,
+            minutes: tree("minutes")?,
+            episodes: tree("episodes")?,
+            open_episodes: tree("open_episodes")?,
+            queries: tree("queries")?,
+            meta: tree("meta")?,
+            db,
+            instance_keys: RwLock::new(HashMap::new()),
+        };
+        match store.meta.get("format")? {
+            None => {
+                store.meta.insert("format", &FORMAT.to_be_bytes())?;
+            }
+            Some(v) => {
+                let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
+                if found != FORMAT {
+                    return Err(StoreError::Format {
+                        path: dir.display().to_string(),
+                        found,
+                        expected: FORMAT,
+                    });
+                }
+            }
+        }
+        let mut ids = store.instance_keys.write().expect("not poisoned");
+        for entry in store.instances.iter() {
+            let (key, value) = entry?;
+            let record = decode::<InstanceRecord>("instances", &value)?;
+            ids.insert(record.id, key.to_vec());
+        }
+        drop(ids);
+        Ok(store)
+    }
+
+    fn instance_key(host: &str, instance: &str) -> Vec<u8> {
+        let mut k = Vec::with_capacity(host.len() + instance.len() + 1);
+        k.extend_from_slice(host.as_bytes());
+        k.push(0);
+        k.extend_from_slice(instance.as_bytes());
+        k
+    }
+
+    fn instance_range(
+        tree: &Tree,
+        id: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> impl DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
+        tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
+    }
+}
+
+fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+    M::decode(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+impl Store for SledStore {
+    fn instance_id(&self, host: &str, instance: &str) -> Result<InstanceId, StoreError> {
+        let key = Self::instance_key(host, instance);
+        loop {
+            if let Some(v) = self.instances.get(&key)? {
+                return Ok(decode::<InstanceRecord>("instances", &v)?.id);
+            }
+            let next = self
+                .meta
+                .update_and_fetch("next_instance_id", |old| {
+                    let n = old
+                        .and_then(|o| o.try_into().ok())
+                        .map_or(1, u32::from_be_bytes);
+                    Some((n + 1).to_be_bytes().to_vec())
+                })?
+                .expect("just set");
+            let id = u32::from_be_bytes(next.as_ref().try_into().expect("4 bytes")) - 1;
+            let record = InstanceRecord {
+                id,
+                host: host.to_string(),
+                instance: instance.to_string(),
+                samples: 0,
+                dropped: 0,
+            };
+            let won = self
+                .instances
+                .compare_and_swap(&key, None as Option<&[u8]>, Some(record.encode_to_vec()))?
+                .is_ok();
+            if won {
+                self.instance_keys
+                    .write()
+                    .expect("not poisoned")
+                    .insert(id, key);
+                return Ok(id);
+            }
+        }
+    }
+
+    fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
+        self.instances
+            .iter()
+            .map(|e| decode("instances", &e?.1))
+            .collect()
+    }
+
+    fn append(&self, a: &Append) -> Result<bool, StoreError> {
+        let instance_key = self
+            .instance_keys
+            .read()
+            .expect("not poisoned")
+            .get(&a.instance)
+            .cloned()
+            .expect("instance registered before append");
+        let sample_key = keys::instance_time(a.instance, a.sampled_at);
+        let sample = a.sample.encode_to_vec();
+        let facts = a.facts.as_ref().map(Message::encode_to_vec);
+        let minute = a
+            .minute
+            .as_ref()
+            .map(|(m, r)| (keys::instance_time(a.instance, *m), r.encode_to_vec()));
+        let opened: Vec<_> = a
+            .opened
+            .iter()
+            .map(|(kind, e)| {
+                let key = keys::open_episode(*kind, a.instance, e.pid, e.started_us);
+                (key, e.encode_to_vec())
+            })
+            .collect();
+        let closed: Vec<_> = a
+            .closed
+            .iter()
+            .map(|(kind, e)| {
+                let open = keys::open_episode(*kind, a.instance, e.pid, e.started_us);
+                let ended = e.ended_us.unwrap_or(e.last_seen_us);
+                let key = keys::closed_episode(*kind, a.instance, ended, e.pid, e.started_us);
+                (open, key, e.encode_to_vec())
+            })
+            .collect();
+        let trees = (
+            &self.samples,
+            &self.facts,
+            &self.minutes,
+            &self.episodes,
+            &self.open_episodes,
+            &self.queries,
+            &self.instances,
+        );
+        let result = trees.transaction(
+            |(samples, facts_t, minutes, episodes, open, queries, instances)| {
+                if samples.get(sample_key)?.is_some() {
+                    return Ok(false);
+                }
+                samples.insert(&sample_key, sample.as_slice())?;
+                for (id, text) in &a.texts {
+                    let key = id.to_be_bytes();
+                    if queries.get(key)?.is_none() {
+                        queries.insert(&key, text.as_bytes())?;
+                    }
+                }
+                if let Some(f) = &facts {
+                    facts_t.insert(&sample_key, f.as_slice())?;
+                }
+                if let Some((key, value)) = &minute {
+                    minutes.insert(key, value.as_slice())?;
+                }
+                for (key, value) in &opened {
+                    open.insert(key, value.as_slice())?;
+                }
+                for (open_key, key, value) in &closed {
+                    open.remove(open_key)?;
+                    episodes.insert(key, value.as_slice())?;
+                }
+                let mut record: InstanceRecord = match instances.get(&instance_key)? {
+                    Some(v) => {
+                        decode("instances", &v).map_err(ConflictableTransactionError::Abort)?
+                    }
+                    None => {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::MissingInstance(a.instance),
+                        ))
+                    }
+                };
+                record.samples += 1;
+                record.dropped += a.dropped;
+                instances.insert(instance_key.as_slice(), record.encode_to_vec())?;
+                Ok(true)
+            },
+        );
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+
+    fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError> {
+        Ok(self
+            .samples
+            .contains_key(keys::instance_time(instance, t))?)
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    fn sample_bounds(&self, instance: InstanceId) -> Result<Option<(Micros, Micros)>, StoreError> {
+        let mut range = Self::instance_range(&self.samples, instance, Micros::MIN, Micros::MAX);
+        let Some(first) = range.next() else {
+            return Ok(None);
+        };
+        let first = keys::time_of_instance_key(&first?.0);
+        let last = match range.next_back() {
+            Some(last) => keys::time_of_instance_key(&last?.0),
+            None => first,
+        };
+        Ok(Some((first, last)))
+    }
+
+    fn sample_at(
+        &self,
+        instance: InstanceId,
+        t: Micros,
+    ) -> Result<Option<(Micros, StoredSample)>, StoreError> {
+        match Self::instance_range(&self.samples, instance, Micros::MIN, t).next_back() {
+            None => Ok(None),
+            Some(entry) => {
+                let (k, v) = entry?;
+                Ok(Some((
+                    keys::time_of_instance_key(&k),
+                    decode("samples", &v)?,
+                )))
+            }
+        }
+    }
+
+    fn samples(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, StoredSample)>, StoreError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        Self::instance_range(&self.samples, instance, from, to)
+            .map(|e| {
+                let (k, v) = e?;
+                Ok((keys::time_of_instance_key(&k), decode("samples", &v)?))
+            })
+            .collect()
+    }
+
+    fn minute(
+        &self,
+        instance: InstanceId,
+        minute: Micros,
+    ) -> Result<Option<MinuteRollup>, StoreError> {
+        self.minutes
+            .get(keys::instance_time(instance, minute))?
+            .map(|v| decode("minutes", &v))
+            .transpose()
+    }
+
+    fn minutes(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, MinuteRollup)>, StoreError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        Self::instance_range(&self.minutes, instance, from, to)
+            .map(|e| {
+                let (k, v) = e?;
+                Ok((keys::time_of_instance_key(&k), decode("minutes", &v)?))
+            })
+            .collect()
+    }
+
+    fn facts_at(
+        &self,
+        instance: InstanceId,
+        t: Micros,
+    ) -> Result<Option<pb::InstanceFacts>, StoreError> {
+        let before = Self::instance_range(&self.facts, instance, Micros::MIN, t).next_back();
+        let entry = match before {
+            Some(e) => Some(e),
+            None => Self::instance_range(&self.facts, instance, t, Micros::MAX).next(),
+        };
+        entry.map(|e| decode("facts", &e?.1)).transpose()
+    }
+
+    fn closed_episodes(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        ended_from: Micros,
+    ) -> Result<Vec<EpisodeRecord>, StoreError> {
+        let prefix = keys::episode_prefix(kind, instance);
+        // A key shorter than the full key sorts before every full key that
+        // extends it.
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(&keys::time_bytes(ended_from));
+        self.episodes
+            .range(start..)
+            .take_while(|e| e.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(|e| decode("episodes", &e?.1))
+            .collect()
+    }
+
+    fn open_episodes(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+    ) -> Result<Vec<EpisodeRecord>, StoreError> {
+        self.open_episodes
+            .scan_prefix(keys::episode_prefix(kind, instance))
+            .map(|e| decode("open_episodes", &e?.1))
+            .collect()
+    }
+
+    fn query_texts(
+        &self,
+        ids: &mut dyn Iterator<Item = u64>,
+    ) -> Result<HashMap<u64, String>, StoreError> {
+        let mut out = HashMap::new();
+        for id in ids {
+            if out.contains_key(&id) {
+                continue;
+            }
+            if let Some(text) = self.queries.get(id.to_be_bytes())? {
+                out.insert(id, String::from_utf8_lossy(&text).into_owned());
+            }
+        }
+        Ok(out)
+    }
+}
