@@ -1,0 +1,232 @@
+//! The Ingest and History services over real gRPC on 127.0.0.1:0, into a
+//! real sled store: acknowledgements, redelivery, protocol errors.
+
+use std::time::Duration;
+
+use pgtrail_collector::Collector;
+use pgtrail_proto::intern::StreamEncoder;
+use pgtrail_proto::model::{query_hash, Snapshot};
+use pgtrail_proto::pb::{self, history_client::HistoryClient, ingest_client::IngestClient};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+const T0: i64 = 1_790_000_000_000_000;
+
+struct Server {
+    url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Server {
+    async fn start(dir: &std::path::Path) -> Server {
+        let collector = Collector::open(dir).unwrap();
+        let listener = Collector::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            collector
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Server {
+            url,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap();
+    }
+}
+
+fn snapshot(seq: u64, sessions: &[(i32, &str, &str)]) -> Snapshot {
+    let mut s = Snapshot {
+        instance: "5432".into(),
+        seq,
+        sampled_at: T0 + seq as i64 * 1_000_000,
+        facts: Some(pb::InstanceFacts {
+            port: 5432,
+            version_num: 150004,
+            max_connections: Some(100),
+            superuser_reserved_connections: Some(3),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    for (pid, state, query) in sessions {
+        let id = query_hash(query);
+        s.queries.insert(id, (*query).into());
+        s.sessions.push(pb::Session {
+            pid: *pid,
+            backend_type: "client backend".into(),
+            state: Some((*state).into()),
+            query_id: Some(id),
+            ..Default::default()
+        });
+    }
+    s
+}
+
+fn hello() -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Hello(pb::Hello {
+            agent_id: "test".into(),
+            host: "db-test".into(),
+            agent_version: "0".into(),
+        })),
+    }
+}
+
+fn wrap(s: pb::Snapshot) -> pb::AgentMessage {
+    pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Snapshot(s)),
+    }
+}
+
+/// Sends `messages` on one stream and collects the replies until the
+/// collector has answered `expect` times or ended the stream.
+async fn exchange(
+    url: &str,
+    messages: Vec<pb::AgentMessage>,
+    expect: usize,
+) -> (Vec<pb::Ack>, Option<tonic::Status>) {
+    let mut client = IngestClient::connect(url.to_string()).await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    for m in messages {
+        tx.send(m).await.unwrap();
+    }
+    let mut replies = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut acks = Vec::new();
+    while acks.len() < expect {
+        match tokio::time::timeout(Duration::from_secs(10), replies.message())
+            .await
+            .expect("collector answers")
+        {
+            Ok(Some(pb::CollectorMessage {
+                kind: Some(pb::collector_message::Kind::Ack(a)),
+            })) => acks.push(a),
+            Ok(_) => break,
+            Err(status) => return (acks, Some(status)),
+        }
+    }
+    drop(tx);
+    (acks, None)
+}
+
+async fn samples_of(url: &str) -> u64 {
+    let mut history = HistoryClient::connect(url.to_string()).await.unwrap();
+    let hosts = history
+        .hosts(pb::HostsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    hosts.instances.iter().map(|i| i.samples).sum()
+}
+
+#[tokio::test]
+async fn a_redelivered_snapshot_is_acknowledged_but_stored_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let first = snapshot(1, &[(10, "idle", "select 1")]);
+    let mut enc = StreamEncoder::default();
+    let messages = vec![hello(), wrap(enc.encode(&first)), wrap(enc.encode(&first))];
+    let (acks, err) = exchange(&server.url, messages, 2).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(acks.len(), 2);
+    assert_eq!((acks[0].seq, acks[0].duplicate), (1, false));
+    assert_eq!((acks[1].seq, acks[1].duplicate), (1, true));
+
+    // A new stream (an agent reconnecting) resends it once more.
+    let mut enc = StreamEncoder::default();
+    let (acks, _) = exchange(&server.url, vec![hello(), wrap(enc.encode(&first))], 1).await;
+    assert!(acks[0].duplicate);
+    assert_eq!(samples_of(&server.url).await, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn protocol_errors_end_the_stream_and_keep_what_was_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut enc = StreamEncoder::default();
+    let good = wrap(enc.encode(&snapshot(1, &[(10, "idle", "select 1")])));
+    let (acks, _) = exchange(&server.url, vec![hello(), good], 1).await;
+    assert_eq!(acks.len(), 1);
+
+    // A snapshot before the hello.
+    let stray = wrap(StreamEncoder::default().encode(&snapshot(2, &[])));
+    let (_, err) = exchange(&server.url, vec![stray], 1).await;
+    let err = err.expect("refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("hello"), "{}", err.message());
+
+    // A reference to a query text this stream never sent.
+    let mut wire = StreamEncoder::default().encode(&snapshot(3, &[(11, "idle", "select 2")]));
+    wire.queries.clear();
+    let (_, err) = exchange(&server.url, vec![hello(), wrap(wire)], 1).await;
+    let err = err.expect("refused");
+    assert!(err.message().contains("never sent"), "{}", err.message());
+
+    assert_eq!(samples_of(&server.url).await, 1, "nothing stored was lost");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn history_survives_a_restart_of_the_collector() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut enc = StreamEncoder::default();
+    let msgs = vec![
+        hello(),
+        wrap(enc.encode(&snapshot(1, &[(10, "idle", "a")]))),
+        wrap(enc.encode(&snapshot(2, &[(10, "active", "b"), (11, "idle", "c")]))),
+    ];
+    exchange(&server.url, msgs, 2).await;
+    server.stop().await;
+
+    let server = Server::start(dir.path()).await;
+    let mut history = HistoryClient::connect(server.url.clone()).await.unwrap();
+    let peaks = history
+        .peaks(pb::PeaksRequest {
+            scope: None,
+            window: Some(pb::Window {
+                from_us: T0,
+                to_us: T0 + 10_000_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .peaks;
+    assert_eq!(peaks.len(), 1);
+    assert_eq!(peaks[0].total, 2);
+    assert_eq!(peaks[0].at_us, T0 + 2_000_000);
+    assert_eq!(peaks[0].port, Some(5432));
+    assert_eq!(peaks[0].max_connections, Some(100));
+
+    let bad = history
+        .peaks(pb::PeaksRequest {
+            scope: Some(pb::Scope {
+                hosts: vec!["nosuch".into()],
+            }),
+            window: Some(pb::Window {
+                from_us: T0,
+                to_us: T0 + 1,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound);
+    assert!(bad.message().contains("db-test"), "{}", bad.message());
+    server.stop().await;
+}
