@@ -95,7 +95,7 @@ impl Config {
 
     /// Parses config text.
     pub fn from_toml(text: &str) -> Result<Self, AgentError> {
-        toml::from_str(text).map_err(|e| AgentError::Config(e.to_string().trim().to_string()))
+        toml::from_str(text).map_err(|e| AgentError::Config(one_line(text, &e)))
     }
 
     /// Checks the settings and parses every instance's connection string.
@@ -160,6 +160,20 @@ impl InstanceConfig {
         pgtrail_proto::model::validate_instance_name(&name)
             .map_err(|e| AgentError::Config(format!("instance name {name:?}: {e}")))?;
         Ok(Self { name, pg })
+    }
+}
+
+/// A TOML error as one line: "line L, column C: message".
+fn one_line(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 

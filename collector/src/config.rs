@@ -45,8 +45,22 @@ impl Config {
             source,
         })?;
         toml::from_str(&text).map_err(|e| {
-            CollectorError::Config(format!("{}: {}", path.display(), e.to_string().trim()))
+            CollectorError::Config(format!("{}: {}", path.display(), one_line(&text, &e)))
         })
+    }
+}
+
+/// A TOML error as one line: "line L, column C: message".
+fn one_line(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
     }
 }
 
