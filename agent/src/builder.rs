@@ -36,6 +36,9 @@ use crate::report::error_chain;
 use crate::sampler::Sampler;
 use crate::stats::{Stats, StatsSnapshot};
 
+/// The shortest interval accepted.
+pub const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
 /// Snapshots waiting in the channel to the host program, per instance.
 pub const DEFAULT_CHANNEL_PER_INSTANCE: usize = 16;
 
@@ -100,6 +103,13 @@ impl AgentBuilder {
     pub fn spawn(self) -> Result<(AgentHandle, mpsc::Receiver<Snapshot>), AgentError> {
         if self.instances.is_empty() {
             return Err(AgentError::Config("no instance to watch".into()));
+        }
+        if self.interval < MIN_INTERVAL {
+            return Err(AgentError::Config(format!(
+                "interval {} is too short (at least {})",
+                humantime::format_duration(self.interval),
+                humantime::format_duration(MIN_INTERVAL)
+            )));
         }
         let (tx, rx) = mpsc::channel(self.channel_per_instance * self.instances.len());
         let (stop, stopped) = watch::channel(false);

@@ -105,10 +105,11 @@ impl Config {
                 "no instance to watch: give --pg URL or an [[instance]] in the config".into(),
             ));
         }
-        if self.interval < Duration::from_millis(10) {
+        if self.interval < crate::builder::MIN_INTERVAL {
             return Err(AgentError::Config(format!(
-                "interval {} is too short (at least 10ms)",
-                humantime::format_duration(self.interval)
+                "interval {} is too short (at least {})",
+                humantime::format_duration(self.interval),
+                humantime::format_duration(crate::builder::MIN_INTERVAL)
             )));
         }
         if self.query_max_len == 0 || self.queue_capacity == 0 {

@@ -20,7 +20,7 @@ mod sampler;
 mod sender;
 mod stats;
 
-pub use builder::{AgentBuilder, AgentHandle, DEFAULT_CHANNEL_PER_INSTANCE};
+pub use builder::{AgentBuilder, AgentHandle, DEFAULT_CHANNEL_PER_INSTANCE, MIN_INTERVAL};
 pub use config::{Config, InstanceConfig};
 pub use error::AgentError;
 pub use report::error_chain;

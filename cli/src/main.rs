@@ -1,6 +1,7 @@
 //! `pgtrail`: ask a pgtrail collector what happened, or record a local
 //! PostgreSQL server.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .init();
     }
     let runtime = match tokio::runtime::Runtime::new() {

@@ -81,3 +81,18 @@ fn record_refuses_an_unreachable_server() {
     );
     assert!(!data.exists(), "nothing created for a server never reached");
 }
+
+#[test]
+fn record_refuses_a_zero_interval() {
+    let err = error_line(&pgtrail(&[
+        "record",
+        "--pg",
+        "postgresql://u@h/db",
+        "--interval",
+        "0s",
+    ]));
+    assert!(
+        err.starts_with("error: --interval 0s is too short"),
+        "{err}"
+    );
+}

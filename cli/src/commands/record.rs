@@ -13,6 +13,13 @@ use crate::time::parse_duration;
 
 pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     let interval = parse_duration(&args.interval)?;
+    if interval < pgtrail_agent::MIN_INTERVAL {
+        anyhow::bail!(
+            "--interval {} is too short: at least {}",
+            args.interval,
+            humantime::format_duration(pgtrail_agent::MIN_INTERVAL)
+        );
+    }
     let mut instances: Vec<InstanceConfig> = Vec::new();
     for url in &args.pg {
         let instance = InstanceConfig::parse(None, url)?;
