@@ -137,6 +137,7 @@ impl Sampler {
             queries,
             dropped_before: 0,
             blind_spots,
+            memory: None,
         })
     }
 

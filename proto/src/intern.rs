@@ -88,6 +88,7 @@ impl StreamEncoder {
             processes: snapshot.processes.clone(),
             dropped_before: snapshot.dropped_before,
             blind_spots: snapshot.blind_spots.clone(),
+            memory: snapshot.memory,
         }
     }
 }
@@ -140,6 +141,7 @@ impl StreamDecoder {
             queries,
             dropped_before: wire.dropped_before,
             blind_spots: wire.blind_spots,
+            memory: wire.memory,
         };
         snapshot.validate()?;
         Ok(snapshot)

@@ -49,6 +49,8 @@ pub struct Snapshot {
     pub dropped_before: u64,
     /// What the agent could not see.
     pub blind_spots: Vec<String>,
+    /// Host and cgroup memory at sampling time.
+    pub memory: Option<pb::MemoryUsage>,
 }
 
 impl Snapshot {

@@ -150,6 +150,7 @@ impl Ingestor {
                 processes: snapshot.processes.clone(),
                 blind_spots: snapshot.blind_spots.clone(),
                 seq: snapshot.seq,
+                memory: snapshot.memory,
             },
             texts: snapshot
                 .queries

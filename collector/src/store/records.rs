@@ -42,6 +42,9 @@ pub struct StoredSample {
     /// The agent's sequence number.
     #[prost(uint64, tag = "4")]
     pub seq: u64,
+    /// Host and cgroup memory.
+    #[prost(message, optional, tag = "5")]
+    pub memory: Option<pb::MemoryUsage>,
 }
 
 /// Connection counts over one minute (tree `minutes`).
