@@ -15,7 +15,7 @@ use crate::config::InstanceConfig;
 use crate::error::AgentError;
 use crate::os::{read_process, Clock, ProcessTree};
 use crate::pg::activity::{activity_sql, session_from_row};
-use crate::pg::facts::{read_facts, FINGERPRINT_SQL};
+use crate::pg::facts::{fingerprint_sql, read_facts};
 
 /// The most a postmaster's start time read from /proc may differ from
 /// `pg_postmaster_start_time()` for the two to be the same process (/proc
@@ -91,6 +91,9 @@ impl Sampler {
             conn.client.query_one(&conn.fingerprint_stmt, &[]),
         )
         .map_err(query_err)?;
+        let sessions_total = fingerprint
+            .get::<_, Option<i64>>(2)
+            .and_then(|n| u64::try_from(n).ok());
         let fingerprint = (fingerprint.get(0), fingerprint.get(1));
         if fingerprint != conn.fingerprint {
             // A reload (a restart ends the connection, so it never shows
@@ -138,6 +141,7 @@ impl Sampler {
             dropped_before: 0,
             blind_spots,
             memory: None,
+            sessions_total,
         })
     }
 
@@ -178,7 +182,10 @@ impl Sampler {
             .prepare(&activity_sql(version_num, self.query_max_len))
             .await
             .map_err(query_err)?;
-        let fingerprint_stmt = client.prepare(FINGERPRINT_SQL).await.map_err(query_err)?;
+        let fingerprint_stmt = client
+            .prepare(fingerprint_sql(version_num))
+            .await
+            .map_err(query_err)?;
         let row = client
             .query_one(&fingerprint_stmt, &[])
             .await

@@ -89,6 +89,7 @@ impl StreamEncoder {
             dropped_before: snapshot.dropped_before,
             blind_spots: snapshot.blind_spots.clone(),
             memory: snapshot.memory,
+            sessions_total: snapshot.sessions_total,
         }
     }
 }
@@ -142,6 +143,7 @@ impl StreamDecoder {
             dropped_before: wire.dropped_before,
             blind_spots: wire.blind_spots,
             memory: wire.memory,
+            sessions_total: wire.sessions_total,
         };
         snapshot.validate()?;
         Ok(snapshot)

@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub blind_spots: Vec<String>,
     /// Host and cgroup memory at sampling time.
     pub memory: Option<pb::MemoryUsage>,
+    /// sum(pg_stat_database.sessions) (PG 14+).
+    pub sessions_total: Option<u64>,
 }
 
 impl Snapshot {

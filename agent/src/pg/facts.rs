@@ -3,7 +3,7 @@
 //!
 //! Settings come from `pg_settings`, which hides what the role may not read
 //! instead of failing, so a setting the agent cannot see is simply absent.
-//! The agent re-reads facts when [`FINGERPRINT_SQL`] changes: a reload moves
+//! The agent re-reads facts when [`fingerprint_sql`] changes: a reload moves
 //! `pg_conf_load_time()`, a restart moves `pg_postmaster_start_time()`.
 
 use std::collections::HashMap;
@@ -15,8 +15,17 @@ use tokio_postgres::Client;
 
 use crate::os::memory;
 
-/// A cheap query whose answer changes whenever the facts may have.
-pub const FINGERPRINT_SQL: &str = "SELECT pg_conf_load_time(), pg_postmaster_start_time()";
+/// A cheap per-sample query: its first two columns change whenever the
+/// facts may have; the third is the count of sessions ever established
+/// (PG 14+, NULL before), which shows connection churn too fast to sample.
+pub fn fingerprint_sql(version_num: u32) -> &'static str {
+    if version_num >= 140000 {
+        "SELECT pg_conf_load_time(), pg_postmaster_start_time(), \
+         (SELECT sum(sessions)::int8 FROM pg_stat_database)"
+    } else {
+        "SELECT pg_conf_load_time(), pg_postmaster_start_time(), NULL::int8"
+    }
+}
 
 const SETTINGS: &[&str] = &[
     "archive_mode",
