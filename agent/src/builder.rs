@@ -30,10 +30,10 @@ use tokio::task::JoinHandle;
 use tokio::time::MissedTickBehavior;
 use tracing::{info, warn};
 
-use crate::config::{Config, InstanceConfig, DEFAULT_INTERVAL, DEFAULT_QUERY_MAX_LEN};
+use crate::config::{Config, InstanceConfig};
 use crate::error::AgentError;
 use crate::report::error_chain;
-use crate::sampler::Sampler;
+use crate::sampler::{SampleOptions, Sampler};
 use crate::stats::{Stats, StatsSnapshot};
 
 /// The shortest interval accepted.
@@ -46,8 +46,7 @@ pub const DEFAULT_CHANNEL_PER_INSTANCE: usize = 16;
 #[derive(Debug, Clone)]
 pub struct AgentBuilder {
     instances: Vec<InstanceConfig>,
-    interval: Duration,
-    query_max_len: usize,
+    options: SampleOptions,
     channel_per_instance: usize,
 }
 
@@ -58,13 +57,17 @@ impl Default for AgentBuilder {
 }
 
 impl AgentBuilder {
-    /// An agent with no instance, sampling every [`DEFAULT_INTERVAL`] and
-    /// cutting query texts at [`DEFAULT_QUERY_MAX_LEN`] characters.
+    /// An agent with no instance, sampling every
+    /// [`DEFAULT_INTERVAL`](crate::config::DEFAULT_INTERVAL), cutting query
+    /// texts at [`DEFAULT_QUERY_MAX_LEN`](crate::config::DEFAULT_QUERY_MAX_LEN)
+    /// characters without normalizing them, reading PSS/USS every
+    /// [`DEFAULT_PSS_INTERVAL`](crate::config::DEFAULT_PSS_INTERVAL), and
+    /// keeping [`DEFAULT_CHANNEL_PER_INSTANCE`] snapshots per instance for
+    /// the host program.
     pub fn new() -> Self {
         Self {
             instances: Vec::new(),
-            interval: DEFAULT_INTERVAL,
-            query_max_len: DEFAULT_QUERY_MAX_LEN,
+            options: SampleOptions::default(),
             channel_per_instance: DEFAULT_CHANNEL_PER_INSTANCE,
         }
     }
@@ -73,7 +76,9 @@ impl AgentBuilder {
     pub fn from_config(config: &Config) -> Result<Self, AgentError> {
         let mut builder = Self::new()
             .interval(config.interval)
-            .query_max_len(config.query_max_len);
+            .query_max_len(config.query_max_len)
+            .normalize_queries(config.normalize_queries)
+            .pss_interval(config.pss_interval);
         for instance in config.instances()? {
             builder = builder.instance(instance);
         }
@@ -88,13 +93,34 @@ impl AgentBuilder {
 
     /// Samples every `interval`.
     pub fn interval(mut self, interval: Duration) -> Self {
-        self.interval = interval;
+        self.options.interval = interval;
         self
     }
 
     /// Cuts query texts at `len` characters.
     pub fn query_max_len(mut self, len: usize) -> Self {
-        self.query_max_len = len.max(1);
+        self.options.query_max_len = len.max(1);
+        self
+    }
+
+    /// Replaces literals in query texts with placeholders (`$1`, `$2`, ...)
+    /// before they leave the sampler.
+    pub fn normalize_queries(mut self, normalize: bool) -> Self {
+        self.options.normalize_queries = normalize;
+        self
+    }
+
+    /// Reads each process's PSS/USS about every `every` (spread over the
+    /// samples in between, which carry the last value read).
+    pub fn pss_interval(mut self, every: Duration) -> Self {
+        self.options.pss_interval = every;
+        self
+    }
+
+    /// Keeps up to `n` snapshots per instance waiting for the host program;
+    /// beyond that new ones are dropped and counted.
+    pub fn channel_per_instance(mut self, n: usize) -> Self {
+        self.channel_per_instance = n.max(1);
         self
     }
 
@@ -104,10 +130,11 @@ impl AgentBuilder {
         if self.instances.is_empty() {
             return Err(AgentError::Config("no instance to watch".into()));
         }
-        if self.interval < MIN_INTERVAL {
+        let interval = self.options.interval;
+        if interval < MIN_INTERVAL {
             return Err(AgentError::Config(format!(
                 "interval {} is too short (at least {})",
-                humantime::format_duration(self.interval),
+                humantime::format_duration(interval),
                 humantime::format_duration(MIN_INTERVAL)
             )));
         }
@@ -116,10 +143,10 @@ impl AgentBuilder {
         let stats = Arc::new(Stats::default());
         let mut tasks = Vec::new();
         for instance in self.instances {
-            let sampler = Sampler::new(instance, self.query_max_len)?;
+            let sampler = Sampler::with_options(instance, self.options)?;
             tasks.push(tokio::spawn(sample_loop(
                 sampler,
-                self.interval,
+                interval,
                 tx.clone(),
                 stats.clone(),
                 stopped.clone(),

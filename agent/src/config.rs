@@ -12,7 +12,7 @@
 //! Unknown keys are refused with their line, so a typo never silently falls
 //! back to a default.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -25,8 +25,18 @@ pub const DEFAULT_COLLECTOR: &str = "http://127.0.0.1:7070";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 /// Query texts are cut to this many characters on the server.
 pub const DEFAULT_QUERY_MAX_LEN: usize = 1024;
-/// Snapshots kept in memory while the collector has not acknowledged them.
+/// Snapshots sent to the collector ahead of its acknowledgements.
 pub const DEFAULT_QUEUE_CAPACITY: usize = 300;
+/// How often each process's PSS/USS (`smaps_rollup`, ~0.4 ms a process) is
+/// read.
+pub const DEFAULT_PSS_INTERVAL: Duration = Duration::from_secs(30);
+/// Where unacknowledged snapshots wait on disk, unless `$STATE_DIRECTORY`
+/// (set by systemd's `StateDirectory=`) says otherwise.
+pub const DEFAULT_SPOOL_DIR: &str = "pgtrail-agent-spool";
+/// The most the spool holds on disk; beyond it the oldest are dropped.
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 256 << 20;
+/// The smallest spool accepted.
+pub const MIN_SPOOL_BYTES: u64 = 64 << 10;
 /// The application_name the agent's own connections carry.
 pub const APPLICATION_NAME: &str = "pgtrail-agent";
 
@@ -43,9 +53,19 @@ pub struct Config {
     pub interval: Duration,
     /// Query texts are cut to this many characters.
     pub query_max_len: usize,
-    /// Snapshots kept while unacknowledged; the oldest are dropped (and
-    /// counted) beyond it.
+    /// Snapshots sent ahead of the collector's acknowledgements.
     pub queue_capacity: usize,
+    /// How often each process's PSS/USS is read.
+    #[serde(with = "humantime_serde")]
+    pub pss_interval: Duration,
+    /// Replace literals in query texts with placeholders before they leave
+    /// the host.
+    pub normalize_queries: bool,
+    /// The directory of the on-disk spool of unacknowledged snapshots.
+    pub spool_dir: Option<PathBuf>,
+    /// The most bytes the spool holds; the oldest snapshots are dropped
+    /// (counted, logged and reported) beyond it.
+    pub spool_max_bytes: u64,
     /// The instances to watch.
     #[serde(rename = "instance")]
     pub instances: Vec<InstanceSpec>,
@@ -59,6 +79,10 @@ impl Default for Config {
             interval: DEFAULT_INTERVAL,
             query_max_len: DEFAULT_QUERY_MAX_LEN,
             queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            pss_interval: DEFAULT_PSS_INTERVAL,
+            normalize_queries: false,
+            spool_dir: None,
+            spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             instances: Vec::new(),
         }
     }
@@ -112,6 +136,12 @@ impl Config {
                 humantime::format_duration(crate::builder::MIN_INTERVAL)
             )));
         }
+        if self.spool_max_bytes < MIN_SPOOL_BYTES {
+            return Err(AgentError::Config(format!(
+                "spool_max_bytes {} is too small (at least {MIN_SPOOL_BYTES})",
+                self.spool_max_bytes
+            )));
+        }
         if self.query_max_len == 0 || self.queue_capacity == 0 {
             return Err(AgentError::Config(
                 "query_max_len and queue_capacity must be at least 1".into(),
@@ -129,6 +159,21 @@ impl Config {
             out.push(inst);
         }
         Ok(out)
+    }
+
+    /// The spool directory: `spool_dir`, else `$STATE_DIRECTORY/spool`, else
+    /// [`DEFAULT_SPOOL_DIR`] in the working directory.
+    pub fn spool_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.spool_dir {
+            return dir.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may list several, separated by colons.
+            Some(dirs) => {
+                PathBuf::from(dirs.to_string_lossy().split(':').next().unwrap_or(".")).join("spool")
+            }
+            None => PathBuf::from(DEFAULT_SPOOL_DIR),
+        }
     }
 
     /// The host name to report.

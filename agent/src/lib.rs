@@ -24,7 +24,7 @@ pub use builder::{AgentBuilder, AgentHandle, DEFAULT_CHANNEL_PER_INSTANCE, MIN_I
 pub use config::{Config, InstanceConfig};
 pub use error::AgentError;
 pub use report::error_chain;
-pub use sampler::Sampler;
+pub use sampler::{SampleOptions, Sampler};
 pub use sender::Sender;
 pub use stats::StatsSnapshot;
 

@@ -4,32 +4,67 @@
 //! A [`Sampler`] owns one connection to its server (one per instance, never
 //! one per database) and reconnects on the next sample after a failure.
 
-use std::time::SystemTime;
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
 
 use pgtrail_proto::model::{QueryTexts, Snapshot};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{self, Micros, SECOND};
 use tokio_postgres::{Client, NoTls, Statement};
 
-use crate::config::InstanceConfig;
+use tracing::warn;
+
+use crate::config::{
+    InstanceConfig, DEFAULT_INTERVAL, DEFAULT_PSS_INTERVAL, DEFAULT_QUERY_MAX_LEN,
+};
 use crate::error::AgentError;
-use crate::os::{read_process, Clock, ProcessTree};
+use crate::os::memory::{self, CgroupMemory};
+use crate::os::{proc_access_advice, read_process, Clock, ProcessTree};
 use crate::pg::activity::{activity_sql, session_from_row};
 use crate::pg::facts::{fingerprint_sql, read_facts};
+use crate::pg::privilege::{read_privileges, PRIVILEGE_ADVICE};
 
 /// The most a postmaster's start time read from /proc may differ from
 /// `pg_postmaster_start_time()` for the two to be the same process (/proc
 /// counts from a boot time with one-second resolution).
 const START_TIME_SLACK: Micros = 3 * SECOND;
 
+/// How a [`Sampler`] samples; the defaults are the agent's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SampleOptions {
+    /// Query texts are cut to this many characters on the server.
+    pub query_max_len: usize,
+    /// Replace literals in query texts with placeholders before they leave
+    /// the host.
+    pub normalize_queries: bool,
+    /// How often each process's PSS/USS (`smaps_rollup`) is read.
+    pub pss_interval: Duration,
+    /// How often samples are taken (spreads the PSS/USS reads).
+    pub interval: Duration,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self {
+            query_max_len: DEFAULT_QUERY_MAX_LEN,
+            normalize_queries: false,
+            pss_interval: DEFAULT_PSS_INTERVAL,
+            interval: DEFAULT_INTERVAL,
+        }
+    }
+}
+
 /// Samples one instance.
 #[derive(Debug)]
 pub struct Sampler {
     instance: InstanceConfig,
-    query_max_len: usize,
+    options: SampleOptions,
     tree: ProcessTree,
     conn: Option<Connection>,
     seq: u64,
+    /// Blind spots already logged (by their first words), so each is said
+    /// once in the log and every time in the data.
+    announced: HashSet<String>,
 }
 
 #[derive(Debug)]
@@ -40,18 +75,37 @@ struct Connection {
     fingerprint: (SystemTime, SystemTime),
     facts: pb::InstanceFacts,
     postmaster: Option<i32>,
+    cgroup: Option<CgroupMemory>,
     blind_spots: Vec<String>,
 }
 
 impl Sampler {
-    /// A sampler for `instance`; it connects on the first sample.
+    /// A sampler for `instance` that cuts query texts at `query_max_len`
+    /// characters, with the other [`SampleOptions`] at their defaults; it
+    /// connects on the first sample.
     pub fn new(instance: InstanceConfig, query_max_len: usize) -> Result<Self, AgentError> {
+        Self::with_options(
+            instance,
+            SampleOptions {
+                query_max_len,
+                ..SampleOptions::default()
+            },
+        )
+    }
+
+    /// A sampler for `instance` with `options`.
+    pub fn with_options(
+        instance: InstanceConfig,
+        options: SampleOptions,
+    ) -> Result<Self, AgentError> {
+        let clock = Clock::read().map_err(AgentError::Proc)?;
         Ok(Self {
             instance,
-            query_max_len,
-            tree: ProcessTree::new(Clock::read().map_err(AgentError::Proc)?),
+            options,
+            tree: ProcessTree::new(clock).memory_every(options.pss_interval, options.interval),
             conn: None,
             seq: 0,
+            announced: HashSet::new(),
         })
     }
 
@@ -107,7 +161,8 @@ impl Sampler {
         let mut sessions = Vec::with_capacity(rows.len());
         let mut queries = QueryTexts::new();
         for row in &rows {
-            let (session, text) = session_from_row(row).map_err(query_err)?;
+            let (session, text) =
+                session_from_row(row, self.options.normalize_queries).map_err(query_err)?;
             if let (Some(id), Some(text)) = (session.query_id, text) {
                 queries.entry(id).or_insert_with(|| text.into());
             }
@@ -119,6 +174,10 @@ impl Sampler {
             Some(pm) => match self.tree.sample(pm, sampled_at) {
                 Some(mut processes) => {
                     join_kinds(&mut processes, &sessions);
+                    let seen = self.tree.visibility();
+                    if seen.restricted > 0 {
+                        blind_spots.push(proc_access_advice(seen.restricted, seen.processes));
+                    }
                     processes
                 }
                 None => {
@@ -129,18 +188,21 @@ impl Sampler {
             None => Vec::new(),
         };
 
+        let memory = memory::usage(conn.cgroup.as_ref());
+        let facts = conn.facts.clone();
+        self.announce(&blind_spots);
         self.seq += 1;
         Ok(Snapshot {
             instance: self.instance.name.clone(),
             seq: self.seq,
             sampled_at,
-            facts: Some(conn.facts.clone()),
+            facts: Some(facts),
             sessions,
             processes,
             queries,
             dropped_before: 0,
             blind_spots,
-            memory: None,
+            memory: Some(memory),
             sessions_total,
         })
     }
@@ -179,7 +241,7 @@ impl Sampler {
             );
         }
         let activity = client
-            .prepare(&activity_sql(version_num, self.query_max_len))
+            .prepare(&activity_sql(version_num, self.options.query_max_len))
             .await
             .map_err(query_err)?;
         let fingerprint_stmt = client
@@ -194,7 +256,12 @@ impl Sampler {
         if facts.max_connections.is_none() {
             blind_spots.push("pg_settings hides max_connections from this role".to_string());
         }
+        let privileges = read_privileges(&client).await.map_err(query_err)?;
+        if !privileges.sees_all_sessions() {
+            blind_spots.push(format!("role {} {PRIVILEGE_ADVICE}", privileges.role));
+        }
         Ok(Connection {
+            cgroup: postmaster.and_then(CgroupMemory::of),
             activity,
             fingerprint_stmt,
             fingerprint: (row.get(0), row.get(1)),
@@ -203,6 +270,22 @@ impl Sampler {
             blind_spots,
             client,
         })
+    }
+
+    /// Logs each kind of blind spot the first time it shows.
+    fn announce(&mut self, blind_spots: &[String]) {
+        for spot in blind_spots {
+            let key: String = spot
+                .split(':')
+                .next()
+                .unwrap_or(spot)
+                .chars()
+                .filter(|c| !c.is_ascii_digit())
+                .collect();
+            if self.announced.insert(key) {
+                warn!(instance = %self.instance.name, "{spot}");
+            }
+        }
     }
 
     /// The postmaster is our own backend's parent, if that process is on

@@ -51,11 +51,21 @@ pub fn activity_sql(version_num: u32, query_max_len: usize) -> String {
     )
 }
 
-/// One row as a session, and its query text (`None` when empty or hidden).
-pub fn session_from_row(row: &Row) -> Result<(pb::Session, Option<String>), tokio_postgres::Error> {
+/// One row as a session, and its query text (`None` when empty or hidden),
+/// with its literals replaced by placeholders when `normalize`.
+pub fn session_from_row(
+    row: &Row,
+    normalize: bool,
+) -> Result<(pb::Session, Option<String>), tokio_postgres::Error> {
     let text: Option<String> = row.try_get("query")?;
     let hidden = text.as_deref() == Some(INSUFFICIENT_PRIVILEGE);
-    let text = text.filter(|t| !t.is_empty() && !hidden);
+    let text = text.filter(|t| !t.is_empty() && !hidden).map(|t| {
+        if normalize {
+            super::normalize::normalize(&t)
+        } else {
+            t
+        }
+    });
     let time = |name: &str| -> Result<Option<i64>, tokio_postgres::Error> {
         Ok(row
             .try_get::<_, Option<SystemTime>>(name)?
