@@ -4,6 +4,10 @@
 //! ```toml
 //! listen = "0.0.0.0:7070"
 //! data = "/var/lib/pgtrail"
+//!
+//! [retention]
+//! samples = "7d"    # raw samples (at, ps)
+//! history = "90d"   # rollups and episodes (every question over a window)
 //! ```
 
 use std::net::SocketAddr;
@@ -12,6 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::error::CollectorError;
+use crate::retention::Retention;
 
 /// Where the collector listens unless told otherwise (loopback only).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -26,6 +31,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The store's directory.
     pub data: PathBuf,
+    /// How long history is kept.
+    pub retention: Retention,
 }
 
 impl Default for Config {
@@ -33,6 +40,7 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             data: PathBuf::from(DEFAULT_DATA),
+            retention: Retention::default(),
         }
     }
 }
@@ -82,5 +90,12 @@ mod tests {
         let c: Config = toml::from_str("data = '/tmp/x'").unwrap();
         assert_eq!(c.listen, DEFAULT_LISTEN.parse().unwrap());
         assert_eq!(c.data, PathBuf::from("/tmp/x"));
+        assert_eq!(c.retention, Retention::default());
+        let c: Config = toml::from_str("[retention]\nsamples = '2d'\n").unwrap();
+        assert_eq!(
+            c.retention.samples,
+            std::time::Duration::from_secs(2 * 86400)
+        );
+        assert_eq!(c.retention.history, crate::retention::DEFAULT_HISTORY);
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 mod error;
 pub mod ingest;
 pub mod query;
+pub mod retention;
 pub mod service;
 pub mod store;
 
@@ -23,6 +24,7 @@ pub use config::Config;
 pub use error::CollectorError;
 pub use ingest::Ingestor;
 pub use query::History;
+pub use retention::Retention;
 
 use pgtrail_proto::pb::{history_server::HistoryServer, ingest_server::IngestServer};
 use tokio::net::TcpListener;
@@ -63,6 +65,11 @@ impl Collector {
     /// Answers questions in-process.
     pub fn history(&self) -> &History {
         &self.history
+    }
+
+    /// The store, for retention and tests.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// Binds `addr` ("host:port"; port 0 picks a free one).
@@ -106,5 +113,8 @@ pub async fn run(
     let collector = Collector::open(&config.data)?;
     let listener = Collector::bind(&config.listen.to_string()).await?;
     info!(data = %config.data.display(), "store open");
-    collector.serve(listener, shutdown).await
+    let expiring = config.retention.spawn(collector.store());
+    let served = collector.serve(listener, shutdown).await;
+    expiring.abort();
+    served
 }

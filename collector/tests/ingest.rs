@@ -203,6 +203,7 @@ async fn history_survives_a_restart_of_the_collector() {
                 from_us: T0,
                 to_us: T0 + 10_000_000,
             }),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -223,6 +224,7 @@ async fn history_survives_a_restart_of_the_collector() {
                 from_us: T0,
                 to_us: T0 + 1,
             }),
+            ..Default::default()
         })
         .await
         .unwrap_err();

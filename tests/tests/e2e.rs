@@ -2,106 +2,13 @@
 //! PostgreSQL, `pgtrail record` sampling it, and `pgtrail peaks`, `leaks`
 //! and `at` asked about sessions the test opened, held and closed.
 
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+mod common;
 
-use pgtrail_tests::{bin, free_port, PgServer};
+use std::time::{Duration, Instant};
+
+use common::{micros as rfc3339_micros, now_micros, rfc3339, Recorder};
+use pgtrail_tests::PgServer;
 use serde_json::Value;
-
-/// A running `pgtrail record` (or any child) stopped with SIGINT on drop.
-struct Running {
-    child: Child,
-}
-
-impl Running {
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-fn record(pg: &PgServer, data: &Path, port: u16) -> Running {
-    let child = Command::new(bin("pgtrail"))
-        .args(["record", "--pg", &pg.url(), "--interval", "200ms"])
-        .args(["--host-name", "e2e-host"])
-        .arg("--data")
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("pgtrail record starts");
-    Running { child }
-}
-
-fn pgtrail(server: &str, args: &[&str]) -> Output {
-    Command::new(bin("pgtrail"))
-        .args(["--server", server])
-        .args(args)
-        .output()
-        .expect("pgtrail runs")
-}
-
-fn json(server: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--format", "json"];
-    all.extend_from_slice(args);
-    let out = pgtrail(server, &all);
-    assert!(
-        out.status.success(),
-        "pgtrail {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-/// Waits until the recorder answers and has stored `n` samples.
-fn wait_for_samples(server: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let out = pgtrail(server, &["--format", "json", "hosts"]);
-        if out.status.success() {
-            let hosts: Value = serde_json::from_slice(&out.stdout).unwrap();
-            if hosts[0]["samples"].as_u64().unwrap_or(0) >= n {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "no samples recorded in time");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn rfc3339_micros(v: &Value) -> i64 {
-    let s = v.as_str().unwrap_or_else(|| panic!("a time, got {v}"));
-    chrono::DateTime::parse_from_rfc3339(s)
-        .unwrap_or_else(|e| panic!("{s}: {e}"))
-        .timestamp_micros()
-}
-
-fn now_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_micros() as i64
-}
 
 fn sessions_named<'a>(instance: &'a Value, app: &str) -> Vec<&'a Value> {
     instance["sessions"]
@@ -120,10 +27,7 @@ async fn record_answers_peaks_leaks_and_at_about_real_sessions() {
     ])
     .expect("PostgreSQL starts");
     let data = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let mut recorder = record(&pg, data.path(), port);
-    wait_for_samples(&server, 2);
+    let mut recorder = Recorder::start(&pg, data.path(), "e2e-host");
 
     // Two idle sessions, one that leaks a transaction, one busy.
     let idle_a = pg.connect("e2e-idle").await.unwrap();
@@ -153,7 +57,7 @@ async fn record_answers_peaks_leaks_and_at_about_real_sessions() {
 
     // peaks: 2 idle + 1 idle in transaction + the sleeper + the agent's
     // own session (active while it samples).
-    let peaks = json(&server, &["peaks", "--since", "5m"]);
+    let peaks = recorder.json(&["peaks", "--since", "5m"]);
     let peaks = peaks.as_array().unwrap();
     assert_eq!(peaks.len(), 1, "{peaks:?}");
     let p = &peaks[0];
@@ -171,7 +75,7 @@ async fn record_answers_peaks_leaks_and_at_about_real_sessions() {
     assert!(at > moment - 3_000_000 && at < moment + 3_000_000, "{p}");
 
     // leaks: exactly the one transaction, as long as it was held.
-    let leaks = json(&server, &["leaks", "--since", "5m", "--min", "2s"]);
+    let leaks = recorder.json(&["leaks", "--since", "5m", "--min", "2s"]);
     let leaks = leaks.as_array().unwrap();
     assert_eq!(leaks.len(), 1, "{leaks:?}");
     let l = &leaks[0];
@@ -190,11 +94,11 @@ async fn record_answers_peaks_leaks_and_at_about_real_sessions() {
     let started = rfc3339_micros(&l["started"]);
     assert!(rfc3339_micros(&l["xact_start"]) <= started);
     assert!(rfc3339_micros(&l["backend_start"]) <= started);
-    let none = json(&server, &["leaks", "--since", "5m", "--min", "10s"]);
+    let none = recorder.json(&["leaks", "--since", "5m", "--min", "10s"]);
     assert_eq!(none, Value::Array(vec![]));
 
     // at: every session as it was in the middle of it all.
-    let at = json(&server, &["at", &rfc3339(moment)]);
+    let at = recorder.json(&["at", &rfc3339(moment)]);
     let inst = &at.as_array().unwrap()[0];
     assert_eq!(inst["host"], "e2e-host");
     assert_eq!(inst["port"], pg.port());
@@ -240,7 +144,7 @@ async fn record_answers_peaks_leaks_and_at_about_real_sessions() {
     assert_eq!(postmaster["pid"], pg.postmaster_pid().unwrap());
 
     // Mistakes are one line and lose nothing.
-    let out = pgtrail(&server, &["peaks", "--host", "nosuch"]);
+    let out = recorder.run(&["peaks", "--host", "nosuch"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -249,22 +153,12 @@ async fn record_answers_peaks_leaks_and_at_about_real_sessions() {
     );
 
     // Ctrl-C stops cleanly and the history stays.
-    assert!(recorder.interrupt().success());
-    let port = free_port();
-    let server = format!("http://127.0.0.1:{port}");
-    let _again = record(&pg, data.path(), port);
-    wait_for_samples(&server, 1);
-    let leaks = json(&server, &["leaks", "--since", "5m", "--min", "2s"]);
+    assert!(recorder.interrupt());
+    let again = Recorder::start(&pg, data.path(), "e2e-host");
+    let leaks = again.json(&["leaks", "--since", "5m", "--min", "2s"]);
     assert_eq!(
         leaks.as_array().unwrap().len(),
         1,
         "history kept across restarts"
     );
-}
-
-/// RFC 3339 in UTC for a time in microseconds.
-fn rfc3339(micros: i64) -> String {
-    chrono::DateTime::from_timestamp_micros(micros)
-        .unwrap()
-        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }

@@ -39,6 +39,11 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
             .await
             .map_err(|e| anyhow::anyhow!(pgtrail_agent::error_chain(&e)))?;
     }
+    let retention = pgtrail_collector::Retention {
+        samples: parse_duration(&args.keep_samples)?,
+        history: parse_duration(&args.keep_history)?,
+        ..Default::default()
+    };
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("cannot create the data directory {}", args.data.display()))?;
     let collector = Collector::open(&args.data)?;
@@ -65,7 +70,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         listen = %args.listen,
         "recording; query with e.g. `pgtrail peaks` (Ctrl-C stops)"
     );
+    let expiring = retention.spawn(collector.store());
     let served = collector.serve(listener, shutdown_signal()).await;
+    expiring.abort();
     agent.shutdown().await;
     let _ = ingesting.await;
     collector.ingestor().flush().await?;

@@ -7,7 +7,11 @@
 //! the same instance.
 
 pub mod episodes;
+pub mod instance;
+mod open_set;
 pub mod rollup;
+
+pub use open_set::Changes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,8 +20,16 @@ use pgtrail_proto::model::Snapshot;
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
 
-use self::episodes::EpisodeTracker;
-use crate::store::{Append, EpisodeKind, InstanceId, Store, StoreError, StoredSample};
+use self::episodes::{SessionEpisodes, SESSION_KINDS};
+use self::instance::InstanceEpisodes;
+use self::rollup::Context;
+use crate::store::{
+    Append, EpisodeKind, InstanceId, Resolution, Rollup, Store, StoreError, StoredSample,
+};
+
+/// Instance-level episode kinds (the others are per session).
+const INSTANCE_KINDS: [EpisodeKind; 2] =
+    [EpisodeKind::AuxMissing, EpisodeKind::AutovacuumSaturated];
 
 /// What became of a snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +44,9 @@ pub enum Outcome {
 #[derive(Debug)]
 struct InstanceState {
     id: InstanceId,
-    tracker: EpisodeTracker,
+    sessions: SessionEpisodes,
+    instance: InstanceEpisodes,
+    context: Context,
     last_at: Micros,
     facts: Option<pb::InstanceFacts>,
 }
@@ -104,14 +118,25 @@ impl Ingestor {
 
     fn load(&self, host: &str, instance: &str) -> Result<InstanceState, StoreError> {
         let id = self.store.instance_id(host, instance)?;
-        let open = self
-            .store
-            .open_episodes(EpisodeKind::IdleInTransaction, id)?;
+        let open = |kinds: &[EpisodeKind]| -> Result<Vec<_>, StoreError> {
+            let mut all = Vec::new();
+            for &kind in kinds {
+                let records = self.store.open_episodes(kind, id)?;
+                all.extend(records.into_iter().map(|e| (kind, e)));
+            }
+            Ok(all)
+        };
+        let facts = self.store.facts_at(id, Micros::MAX)?;
         Ok(InstanceState {
             id,
-            tracker: EpisodeTracker::resume(open),
+            sessions: SessionEpisodes::resume(open(&SESSION_KINDS)?),
+            instance: InstanceEpisodes::resume(open(&INSTANCE_KINDS)?),
+            context: Context {
+                user_limit: facts.as_ref().and_then(user_limit),
+                ..Default::default()
+            },
             last_at: self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1),
-            facts: self.store.facts_at(id, Micros::MAX)?,
+            facts,
         })
     }
 
@@ -124,24 +149,33 @@ impl Ingestor {
         if self.store.has_sample(state.id, t)? {
             return Ok(Outcome::Duplicate);
         }
-        let (total, by_state) = rollup::client_counts(snapshot);
-        let minute = rollup::minute_of(t);
-        let mut rollup = self.store.minute(state.id, minute)?.unwrap_or_default();
-        rollup::fold(&mut rollup, t, total, &by_state);
-
         let facts = snapshot
             .facts
             .as_ref()
             .filter(|f| state.facts.as_ref() != Some(*f))
             .cloned();
-        // Episodes need samples in order; a late one (an agent's spool
-        // replaying behind newer samples) is stored but not tracked.
-        let changes = if t > state.last_at {
-            state.tracker.observe(snapshot)
+        if let Some(f) = &facts {
+            state.context.user_limit = user_limit(f);
+        }
+        let in_order = t > state.last_at;
+        let (sample_rollup, next_context) = if in_order {
+            rollup::sample_rollup(snapshot, &state.context)
         } else {
-            Default::default()
+            // A late sample (an agent's spool replaying behind newer ones)
+            // is stored and rolled up on its own, but not tracked.
+            let alone = Context {
+                user_limit: state.context.user_limit,
+                ..Default::default()
+            };
+            rollup::sample_rollup(snapshot, &alone)
         };
-        let kind = EpisodeKind::IdleInTransaction;
+        let rollups = self.fold_rollups(state.id, t, &sample_rollup)?;
+        let mut changes = Changes::default();
+        if in_order {
+            changes.extend(state.sessions.observe(snapshot));
+            let in_force = facts.as_ref().or(state.facts.as_ref());
+            changes.extend(state.instance.observe(snapshot, in_force));
+        }
         let append = Append {
             instance: state.id,
             sampled_at: t,
@@ -151,6 +185,7 @@ impl Ingestor {
                 blind_spots: snapshot.blind_spots.clone(),
                 seq: snapshot.seq,
                 memory: snapshot.memory,
+                sessions_total: snapshot.sessions_total,
             },
             texts: snapshot
                 .queries
@@ -158,9 +193,9 @@ impl Ingestor {
                 .map(|(id, text)| (*id, text.clone()))
                 .collect(),
             facts: facts.clone(),
-            minute: Some((minute, rollup)),
-            opened: changes.opened.into_iter().map(|e| (kind, e)).collect(),
-            closed: changes.closed.into_iter().map(|e| (kind, e)).collect(),
+            rollups,
+            opened: changes.opened,
+            closed: changes.closed,
             dropped: snapshot.dropped_before,
         };
         if !self.store.append(&append)? {
@@ -169,7 +204,46 @@ impl Ingestor {
         if facts.is_some() {
             state.facts = facts;
         }
-        state.last_at = state.last_at.max(t);
+        if in_order {
+            state.context = next_context;
+            state.last_at = t;
+        }
         Ok(Outcome::Stored)
     }
+
+    /// The minute and hour rollups `t` falls in, with its sample folded in.
+    fn fold_rollups(
+        &self,
+        id: InstanceId,
+        t: Micros,
+        sample: &Rollup,
+    ) -> Result<Vec<(Resolution, Micros, Rollup)>, StoreError> {
+        let minute_start = Resolution::Minute.start_of(t);
+        let mut minute = self
+            .store
+            .rollup(id, Resolution::Minute, minute_start)?
+            .unwrap_or_default();
+        rollup::fold_into_minute(&mut minute, sample);
+        let hour_start = Resolution::Hour.start_of(t);
+        let mut hour = self
+            .store
+            .rollup(id, Resolution::Hour, hour_start)?
+            .unwrap_or_default();
+        rollup::merge(&mut hour, sample);
+        hour.max_started_per_minute = hour
+            .max_started_per_minute
+            .max(minute.max_started_per_minute);
+        Ok(vec![
+            (Resolution::Minute, minute_start, minute),
+            (Resolution::Hour, hour_start, hour),
+        ])
+    }
+}
+
+/// max_connections − superuser_reserved_connections.
+fn user_limit(f: &pb::InstanceFacts) -> Option<u32> {
+    Some(
+        f.max_connections?
+            .saturating_sub(f.superuser_reserved_connections.unwrap_or(0)),
+    )
 }

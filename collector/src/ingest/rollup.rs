@@ -1,96 +1,371 @@
-//! Per-minute connection rollups, folded in as samples arrive, so questions
-//! over days read one record a minute instead of sixty samples.
+//! Rollups: what long-range questions need, folded in as samples arrive, so
+//! a question over days reads one record a minute (or an hour) instead of
+//! every sample.
+//!
+//! [`sample_rollup`] turns one sample (with what the previous sample of its
+//! instance left in [`Context`]) into a rollup of one sample; [`merge`]
+//! combines rollups. Merging is commutative and associative, so a rollup is
+//! the same whatever order its samples arrive in, and a question's window
+//! can be assembled from hour, minute and raw-sample pieces alike.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
-use pgtrail_proto::time::{Micros, MINUTE};
+use pgtrail_proto::time::{Micros, SECOND};
 
-use crate::store::MinuteRollup;
+use crate::store::{Max, Rollup};
 
 /// The state name used when the agent's role may not see a session's state.
-pub const UNKNOWN_STATE: &str = "unknown";
+pub const UNKNOWN: &str = "unknown";
 
-/// The start of the minute `t` falls in.
-pub fn minute_of(t: Micros) -> Micros {
-    t - t.rem_euclid(MINUTE)
+/// A gap between samples longer than this is an outage, not covered time.
+pub const MAX_GAP: Micros = 10 * SECOND;
+
+/// Upper bounds of the lifetime buckets (the last bucket is open).
+pub const LIFETIME_BOUNDS: [Micros; 4] = [SECOND, 10 * SECOND, 60 * SECOND, 3600 * SECOND];
+
+/// The application_name of the agent's own session, left out of wait
+/// statistics (it is always active, sampling).
+pub const AGENT_APPLICATION: &str = "pgtrail-agent";
+
+/// The dimensions client backends are counted by.
+pub const DIMENSIONS: [&str; 5] = ["state", "user", "database", "application", "client"];
+
+/// What the previous sample of an instance left behind.
+#[derive(Debug, Default, Clone)]
+pub struct Context {
+    /// When it was taken.
+    pub at: Option<Micros>,
+    /// Its client sessions: (pid, backend_start) → backend_start.
+    pub sessions: HashSet<(i32, Option<Micros>)>,
+    /// Its sessions counter (PG 14+).
+    pub sessions_total: Option<u64>,
+    /// max_connections − superuser_reserved_connections in force.
+    pub user_limit: Option<u32>,
 }
 
-/// Client backends of a snapshot by state.
-pub fn client_counts(snapshot: &Snapshot) -> (u32, HashMap<String, u32>) {
-    client_counts_of(&snapshot.sessions)
+/// The value of a session along a dimension.
+pub fn dimension_value(dimension: &str, s: &pb::Session) -> String {
+    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| UNKNOWN.to_string());
+    match dimension {
+        "state" => or_unknown(&s.state),
+        "user" => or_unknown(&s.user),
+        "database" => or_unknown(&s.database),
+        "application" => s.application_name.clone().unwrap_or_default(),
+        "client" => s.client_addr.clone().unwrap_or_else(|| "local".to_string()),
+        _ => String::new(),
+    }
 }
 
-/// Client backends among `sessions` by state: the sessions
-/// pg_stat_activity shows with `backend_type = 'client backend'`.
-pub fn client_counts_of(sessions: &[pb::Session]) -> (u32, HashMap<String, u32>) {
-    let mut by_state = HashMap::new();
-    let mut total = 0;
-    for s in sessions.iter().filter(|s| s.backend_type == CLIENT_BACKEND) {
-        total += 1;
-        let state = s.state.as_deref().unwrap_or(UNKNOWN_STATE);
-        *by_state.entry(state.to_string()).or_insert(0) += 1;
-    }
-    (total, by_state)
+/// The key of a (dimension, value) maximum.
+pub fn maxima_key(dimension: &str, value: &str) -> String {
+    format!("{dimension}\t{value}")
 }
 
-/// Folds one sample's counts into a minute's rollup. The peak is the
-/// highest total; on a tie the earlier moment wins, so the fold does not
-/// depend on arrival order.
-pub fn fold(rollup: &mut MinuteRollup, at: Micros, total: u32, by_state: &HashMap<String, u32>) {
-    let better = rollup.samples == 0
-        || total > rollup.max_total
-        || (total == rollup.max_total && at < rollup.max_at_us);
-    if better {
-        rollup.max_total = total;
-        rollup.max_at_us = at;
-        rollup.by_state_at_max = by_state.clone();
+/// The wait event of an active session: "type:event", or "CPU".
+pub fn wait_key(s: &pb::Session) -> String {
+    match (&s.wait_event_type, &s.wait_event) {
+        (Some(t), Some(e)) => format!("{t}:{e}"),
+        (Some(t), None) => t.clone(),
+        _ => "CPU".to_string(),
     }
-    for (state, n) in by_state {
-        let max = rollup.state_max.entry(state.clone()).or_insert(0);
-        *max = (*max).max(*n);
+}
+
+/// The rollup of one sample, and the context it leaves for the next.
+pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
+    let t = snapshot.sampled_at;
+    let clients: Vec<&pb::Session> = snapshot
+        .sessions
+        .iter()
+        .filter(|s| s.backend_type == CLIENT_BACKEND)
+        .collect();
+    let total = clients.len() as u32;
+    let mut r = Rollup {
+        samples: 1,
+        max_total: total,
+        max_at_us: t,
+        lifetimes: vec![0; LIFETIME_BOUNDS.len() + 1],
+        ..Default::default()
+    };
+    for s in &clients {
+        *r.by_state_at_max
+            .entry(dimension_value("state", s))
+            .or_insert(0) += 1;
+        for d in DIMENSIONS {
+            let max = r
+                .maxima
+                .entry(maxima_key(d, &dimension_value(d, s)))
+                .or_insert(Max { value: 0, at_us: t });
+            max.value += 1;
+        }
     }
-    rollup.samples += 1;
+
+    // Time covered, and time near the connection limit.
+    let gap = ctx.at.map(|p| t - p).filter(|g| (1..=MAX_GAP).contains(g));
+    if let Some(gap) = gap {
+        r.covered_us = gap;
+        if let Some(limit) = ctx.user_limit.filter(|&l| l > 0) {
+            let used = f64::from(total) / f64::from(limit);
+            if used > 0.80 {
+                r.above_80_us = gap;
+            }
+            if used > 0.95 {
+                r.above_95_us = gap;
+            }
+        }
+    }
+
+    // Churn: sessions that appeared and ended since the previous sample.
+    let now: HashSet<(i32, Option<Micros>)> = clients
+        .iter()
+        .map(|s| (s.pid, s.backend_start_us))
+        .collect();
+    if let Some(prev_at) = ctx.at {
+        r.sessions_seen = now.difference(&ctx.sessions).count() as u64;
+        for (_, start) in ctx.sessions.difference(&now) {
+            if let Some(start) = start {
+                let lived = prev_at - start;
+                let bucket = LIFETIME_BOUNDS
+                    .iter()
+                    .position(|&b| lived < b)
+                    .unwrap_or(LIFETIME_BOUNDS.len());
+                r.lifetimes[bucket] += 1;
+            }
+        }
+        if let (Some(before), Some(after)) = (ctx.sessions_total, snapshot.sessions_total) {
+            r.sessions_started = Some(after.saturating_sub(before));
+        }
+    }
+    r.max_started_per_minute = started(&r);
+
+    // Wait events of active sessions (the agent's own left out).
+    for s in &snapshot.sessions {
+        if s.state.as_deref() != Some("active")
+            || s.application_name.as_deref() == Some(AGENT_APPLICATION)
+        {
+            continue;
+        }
+        let key = wait_key(s);
+        if let Some(q) = s.query_id {
+            *r.wait_queries
+                .entry(format!("{key}\t{q:016x}"))
+                .or_insert(0) += 1;
+        }
+        *r.waits.entry(key).or_insert(0) += 1;
+    }
+
+    // Memory and autovacuum.
+    let rss: u64 = snapshot.processes.iter().filter_map(|p| p.rss_bytes).sum();
+    r.rss_total = Some(Max {
+        value: rss,
+        at_us: t,
+    });
+    let pss: Vec<u64> = snapshot
+        .processes
+        .iter()
+        .filter_map(|p| p.pss_bytes)
+        .collect();
+    if !pss.is_empty() {
+        r.pss_total = Some(Max {
+            value: pss.iter().sum(),
+            at_us: t,
+        });
+    }
+    r.autovacuum_workers = snapshot
+        .processes
+        .iter()
+        .filter(|p| p.kind == pb::ProcessKind::AutovacuumWorker as i32)
+        .count() as u32;
+
+    let next = Context {
+        at: Some(t),
+        sessions: now,
+        sessions_total: snapshot.sessions_total,
+        user_limit: ctx.user_limit,
+    };
+    (r, next)
+}
+
+/// Sessions started in a rollup: the server's count when it has one, else
+/// those seen.
+pub fn started(r: &Rollup) -> u64 {
+    r.sessions_started.unwrap_or(r.sessions_seen)
+}
+
+fn merge_max(a: &mut Option<Max>, b: &Option<Max>) {
+    if let Some(b) = b {
+        match a {
+            Some(x) if better(x, b) => {}
+            _ => *a = Some(*b),
+        }
+    }
+}
+
+/// Whether `a` should stay over `b`: higher, or as high and earlier.
+fn better(a: &Max, b: &Max) -> bool {
+    a.value > b.value || (a.value == b.value && a.at_us <= b.at_us)
+}
+
+/// Folds `b` into `a`. Counters add up; maxima keep the highest (earliest
+/// on a tie). `max_started_per_minute` keeps the highest of the two: fold a
+/// sample into a minute with [`fold_into_minute`] to count it within the
+/// minute.
+pub fn merge(a: &mut Rollup, b: &Rollup) {
+    if b.samples == 0 {
+        return;
+    }
+    let keep_a = a.samples > 0
+        && (a.max_total > b.max_total
+            || (a.max_total == b.max_total && a.max_at_us <= b.max_at_us));
+    if !keep_a {
+        a.max_total = b.max_total;
+        a.max_at_us = b.max_at_us;
+        a.by_state_at_max = b.by_state_at_max.clone();
+    }
+    a.samples += b.samples;
+    for (k, m) in &b.maxima {
+        match a.maxima.get_mut(k) {
+            Some(x) if better(x, m) => {}
+            Some(x) => *x = *m,
+            None => {
+                a.maxima.insert(k.clone(), *m);
+            }
+        }
+    }
+    a.covered_us += b.covered_us;
+    a.above_80_us += b.above_80_us;
+    a.above_95_us += b.above_95_us;
+    a.sessions_seen += b.sessions_seen;
+    a.sessions_started = match (a.sessions_started, b.sessions_started) {
+        (Some(x), Some(y)) => Some(x + y),
+        (x, y) => x.or(y),
+    };
+    a.max_started_per_minute = a.max_started_per_minute.max(b.max_started_per_minute);
+    if a.lifetimes.len() < b.lifetimes.len() {
+        a.lifetimes.resize(b.lifetimes.len(), 0);
+    }
+    for (i, n) in b.lifetimes.iter().enumerate() {
+        a.lifetimes[i] += n;
+    }
+    add_counts(&mut a.waits, &b.waits);
+    add_counts(&mut a.wait_queries, &b.wait_queries);
+    merge_max(&mut a.rss_total, &b.rss_total);
+    merge_max(&mut a.pss_total, &b.pss_total);
+    a.autovacuum_workers = a.autovacuum_workers.max(b.autovacuum_workers);
+}
+
+/// Folds a sample's rollup into its minute's: as [`merge`], and the
+/// minute's sessions-started count is its own total.
+pub fn fold_into_minute(minute: &mut Rollup, sample: &Rollup) {
+    merge(minute, sample);
+    minute.max_started_per_minute = started(minute);
+}
+
+fn add_counts(a: &mut HashMap<String, u64>, b: &HashMap<String, u64>) {
+    for (k, n) in b {
+        *a.entry(k.clone()).or_insert(0) += n;
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn states(pairs: &[(&str, u32)]) -> HashMap<String, u32> {
-        pairs.iter().map(|(s, n)| (s.to_string(), *n)).collect()
+    fn session(pid: i32, state: &str, app: &str) -> pb::Session {
+        pb::Session {
+            pid,
+            backend_type: CLIENT_BACKEND.into(),
+            backend_start_us: Some(1_000),
+            state: Some(state.into()),
+            application_name: Some(app.into()),
+            ..Default::default()
+        }
+    }
+
+    fn snap(t: Micros, sessions: Vec<pb::Session>) -> Snapshot {
+        Snapshot {
+            instance: "i".into(),
+            sampled_at: t,
+            sessions,
+            ..Default::default()
+        }
     }
 
     #[test]
-    fn minutes_start_on_the_minute() {
-        assert_eq!(minute_of(125 * 1_000_000), 120 * 1_000_000);
-        assert_eq!(minute_of(120 * 1_000_000), 120 * 1_000_000);
-        assert_eq!(minute_of(-1), -MINUTE);
+    fn counts_one_sample() {
+        let s = snap(
+            5 * SECOND,
+            vec![
+                session(1, "idle", "web"),
+                session(2, "active", "web"),
+                session(3, "idle", "batch"),
+            ],
+        );
+        let (r, ctx) = sample_rollup(&s, &Context::default());
+        assert_eq!((r.max_total, r.max_at_us), (3, 5 * SECOND));
+        assert_eq!(r.by_state_at_max["idle"], 2);
+        assert_eq!(r.maxima[&maxima_key("application", "web")].value, 2);
+        assert_eq!(r.waits["CPU"], 1);
+        assert_eq!(r.covered_us, 0, "a first sample covers nothing yet");
+        assert_eq!(ctx.sessions.len(), 3);
     }
 
     #[test]
-    fn keeps_the_first_highest_peak_and_per_state_maxima() {
-        let mut r = MinuteRollup::default();
-        fold(&mut r, 10, 3, &states(&[("idle", 3)]));
-        fold(&mut r, 20, 5, &states(&[("idle", 2), ("active", 3)]));
-        fold(&mut r, 30, 5, &states(&[("idle", 5)]));
-        fold(&mut r, 5, 1, &states(&[("active", 1)]));
-        assert_eq!(r.samples, 4);
-        assert_eq!((r.max_total, r.max_at_us), (5, 20));
-        assert_eq!(r.by_state_at_max, states(&[("idle", 2), ("active", 3)]));
-        assert_eq!(r.state_max, states(&[("idle", 5), ("active", 3)]));
+    fn tracks_churn_and_time_near_the_limit() {
+        let ctx = Context {
+            user_limit: Some(2),
+            ..Default::default()
+        };
+        let (_, ctx) = sample_rollup(&snap(SECOND, vec![session(1, "idle", "a")]), &ctx);
+        let mut second = session(2, "idle", "a");
+        second.backend_start_us = Some(SECOND + 500_000);
+        let mut third = session(3, "idle", "a");
+        third.backend_start_us = Some(SECOND + 600_000);
+        let (r, _) = sample_rollup(&snap(2 * SECOND, vec![second, third]), &ctx);
+        assert_eq!(r.covered_us, SECOND);
+        assert_eq!(r.above_80_us, SECOND, "2 of 2 is above 80 %");
+        assert_eq!(r.above_95_us, SECOND);
+        assert_eq!(r.sessions_seen, 2);
+        // Session 1 started at 1 ms and was last seen at 1 s: < 1 s bucket.
+        assert_eq!(r.lifetimes, vec![1, 0, 0, 0, 0]);
+        assert_eq!(r.max_started_per_minute, 2);
     }
 
     #[test]
-    fn order_of_arrival_does_not_matter() {
-        let mut a = MinuteRollup::default();
-        let mut b = MinuteRollup::default();
-        let s = states(&[("idle", 4)]);
-        fold(&mut a, 10, 4, &s);
-        fold(&mut a, 20, 4, &s);
-        fold(&mut b, 20, 4, &s);
-        fold(&mut b, 10, 4, &s);
-        assert_eq!(a, b);
+    fn merging_is_order_independent() {
+        let a = sample_rollup(
+            &snap(10, vec![session(1, "idle", "x")]),
+            &Context::default(),
+        )
+        .0;
+        let b = sample_rollup(
+            &snap(20, vec![session(1, "idle", "x"), session(2, "active", "y")]),
+            &Context::default(),
+        )
+        .0;
+        let c = sample_rollup(
+            &snap(30, vec![session(2, "active", "y")]),
+            &Context::default(),
+        )
+        .0;
+        let mut ab = Rollup::default();
+        for r in [&a, &b, &c] {
+            merge(&mut ab, r);
+        }
+        let mut ba = Rollup::default();
+        for r in [&c, &b, &a] {
+            merge(&mut ba, r);
+        }
+        assert_eq!(ab, ba);
+        assert_eq!((ab.max_total, ab.max_at_us, ab.samples), (2, 20, 3));
+        assert_eq!(
+            ab.maxima[&maxima_key("state", "active")],
+            Max {
+                value: 1,
+                at_us: 20
+            }
+        );
+        assert_eq!(ab.waits["CPU"], 2);
     }
 }

@@ -5,9 +5,14 @@
 //! the partial minutes at a window's edges ([`peaks`]).
 
 mod at;
-mod leaks;
+mod churn;
+mod episodes;
+mod health;
+mod mem;
 mod peaks;
 mod scope;
+mod waits;
+pub mod window;
 
 use std::sync::Arc;
 
@@ -31,6 +36,12 @@ pub enum QueryError {
     /// The window is empty or reversed.
     #[error("the window is empty: it ends before it starts")]
     BadWindow,
+    /// A bucket that is not a whole number of minutes.
+    #[error("a bucket must be a whole number of minutes, such as 1m, 1h or 1d")]
+    BadBucket,
+    /// A request named no episode kind.
+    #[error("the request names no episode kind")]
+    NoKind,
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -40,7 +51,9 @@ impl From<QueryError> for tonic::Status {
     fn from(err: QueryError) -> Self {
         match err {
             QueryError::UnknownHost { .. } => tonic::Status::not_found(err.to_string()),
-            QueryError::BadWindow => tonic::Status::invalid_argument(err.to_string()),
+            QueryError::BadWindow | QueryError::BadBucket | QueryError::NoKind => {
+                tonic::Status::invalid_argument(err.to_string())
+            }
             QueryError::Store(e) => tonic::Status::internal(error_chain(&e)),
         }
     }

@@ -1,88 +1,120 @@
-//! Connection peaks: per instance, the highest client-backend count in a
-//! window, from minute rollups for whole minutes and raw samples for the
-//! partial minutes at the edges (at most two minutes of samples).
+//! Connection peaks: per instance (and per dimension value, or per bucket),
+//! the highest client-backend count and when it was first reached, from
+//! the window's rollups (see [`super::window`]).
 
-use pgtrail_proto::pb;
-use pgtrail_proto::time::{Micros, MINUTE};
+use std::collections::HashMap;
 
+use pgtrail_proto::pb::{self, Dimension};
+use pgtrail_proto::time::MINUTE;
+
+use super::window;
 use super::{check_window, History, QueryError};
-use crate::ingest::rollup::{client_counts_of, minute_of};
-use crate::store::InstanceId;
+use crate::store::{InstanceRecord, Rollup};
 
-/// The best candidate so far.
-#[derive(Debug, Default)]
-struct Best {
-    at: Micros,
-    total: u32,
-    by_state: std::collections::HashMap<String, u32>,
-    samples: u64,
-    found: bool,
-}
+/// One peak before it becomes a [`pb::Peak`]: the dimension's value, the
+/// count, when, and the states at that moment.
+type Entry = (Option<String>, u32, i64, HashMap<String, u32>);
 
-impl Best {
-    fn offer(&mut self, at: Micros, total: u32, by_state: &std::collections::HashMap<String, u32>) {
-        if !self.found || total > self.total || (total == self.total && at < self.at) {
-            self.found = true;
-            self.at = at;
-            self.total = total;
-            self.by_state = by_state.clone();
-        }
+/// The name a dimension has in rollup keys.
+fn dimension_name(d: Dimension) -> Option<&'static str> {
+    match d {
+        Dimension::Unspecified => None,
+        Dimension::State => Some("state"),
+        Dimension::User => Some("user"),
+        Dimension::Database => Some("database"),
+        Dimension::Application => Some("application"),
+        Dimension::Client => Some("client"),
     }
 }
 
 impl History {
     /// Per instance in `scope`, the highest client-backend count in
-    /// `window`. Instances without samples in the window are left out.
+    /// `window`; per value of `by` when given; per bucket of `bucket_us`
+    /// when positive. Instances without samples in the window are left out.
     pub fn peaks(
         &self,
         scope: &pb::Scope,
         window: &pb::Window,
+        by: Dimension,
+        bucket_us: i64,
     ) -> Result<Vec<pb::Peak>, QueryError> {
         check_window(window)?;
+        if bucket_us < 0 || (bucket_us > 0 && bucket_us % MINUTE != 0) {
+            return Err(QueryError::BadBucket);
+        }
         let mut out = Vec::new();
         for r in self.resolve(scope)? {
-            let best = self.peak_of(r.id, window.from_us, window.to_us)?;
-            if !best.found {
-                continue;
+            let (from, to) = (window.from_us, window.to_us);
+            let pieces = if bucket_us > 0 {
+                window::bucketed(&*self.store, r.id, from, to, bucket_us)?
+                    .into_iter()
+                    .map(|(start, rollup)| (Some(start), rollup))
+                    .collect()
+            } else {
+                vec![(None, window::merged(&*self.store, r.id, from, to)?)]
+            };
+            for (bucket, rollup) in pieces {
+                if rollup.samples == 0 {
+                    continue;
+                }
+                out.extend(self.peaks_of(&r, &rollup, by, bucket)?);
             }
-            let facts = self.store.facts_at(r.id, best.at)?;
-            out.push(pb::Peak {
-                port: facts.as_ref().map(|f| f.port).filter(|&p| p != 0),
-                at_us: best.at,
-                total: best.total,
-                by_state: best.by_state,
-                max_connections: facts.as_ref().and_then(|f| f.max_connections),
-                superuser_reserved_connections: facts
-                    .as_ref()
-                    .and_then(|f| f.superuser_reserved_connections),
-                samples: best.samples,
-                host: r.host,
-                instance: r.instance,
-            });
         }
         Ok(out)
     }
 
-    fn peak_of(&self, id: InstanceId, from: Micros, to: Micros) -> Result<Best, QueryError> {
-        let mut best = Best::default();
-        // Whole minutes inside the window come from rollups.
-        let first_whole = minute_of(from) + if minute_of(from) == from { 0 } else { MINUTE };
-        let end_whole = minute_of(to.saturating_add(1)); // exclusive
-        let mut raw = vec![(from, to)];
-        if first_whole < end_whole {
-            for (_, rollup) in self.store.minutes(id, first_whole, end_whole - MINUTE)? {
-                best.samples += u64::from(rollup.samples);
-                best.offer(rollup.max_at_us, rollup.max_total, &rollup.by_state_at_max);
+    fn peaks_of(
+        &self,
+        r: &InstanceRecord,
+        rollup: &Rollup,
+        by: Dimension,
+        bucket: Option<i64>,
+    ) -> Result<Vec<pb::Peak>, QueryError> {
+        let entries: Vec<Entry> = match dimension_name(by) {
+            None => vec![(
+                None,
+                rollup.max_total,
+                rollup.max_at_us,
+                rollup.by_state_at_max.clone(),
+            )],
+            Some(name) => {
+                let prefix = format!("{name}\t");
+                let mut values: Vec<_> = rollup
+                    .maxima
+                    .iter()
+                    .filter_map(|(k, m)| {
+                        let value = k.strip_prefix(&prefix)?;
+                        Some((
+                            Some(value.to_string()),
+                            m.value as u32,
+                            m.at_us,
+                            Default::default(),
+                        ))
+                    })
+                    .collect();
+                values.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+                values
             }
-            raw = vec![(from, first_whole - 1), (end_whole, to)];
+        };
+        let mut out = Vec::new();
+        for (value, total, at, by_state) in entries {
+            let facts = self.store.facts_at(r.id, at)?;
+            out.push(pb::Peak {
+                host: r.host.clone(),
+                instance: r.instance.clone(),
+                port: facts.as_ref().map(|f| f.port).filter(|&p| p != 0),
+                at_us: at,
+                total,
+                by_state,
+                max_connections: facts.as_ref().and_then(|f| f.max_connections),
+                superuser_reserved_connections: facts
+                    .as_ref()
+                    .and_then(|f| f.superuser_reserved_connections),
+                samples: u64::from(rollup.samples),
+                value,
+                bucket_start_us: bucket,
+            });
         }
-        for (a, b) in raw {
-            for (t, sample) in self.store.samples(id, a, b)? {
-                let (total, by_state) = client_counts_of(&sample.sessions);
-                best.samples += 1;
-                best.offer(t, total, &by_state);
-            }
-        }
-        Ok(best)
+        Ok(out)
     }
 }

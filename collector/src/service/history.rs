@@ -53,30 +53,32 @@ impl HistoryApi for HistoryService {
     ) -> Result<Response<pb::PeaksResponse>, Status> {
         let r = request.into_inner();
         let scope = r.scope.unwrap_or_default();
-        let window = r
-            .window
-            .ok_or_else(|| Status::invalid_argument("missing window"))?;
+        let window = window(r.window)?;
+        let by = pb::Dimension::try_from(r.by).unwrap_or(pb::Dimension::Unspecified);
+        let bucket = r.bucket_us;
         self.answer(move |h| {
             Ok(pb::PeaksResponse {
-                peaks: h.peaks(&scope, &window)?,
+                peaks: h.peaks(&scope, &window, by, bucket)?,
             })
         })
         .await
     }
 
-    async fn leaks(
+    async fn episodes(
         &self,
-        request: Request<pb::LeaksRequest>,
-    ) -> Result<Response<pb::LeaksResponse>, Status> {
+        request: Request<pb::EpisodesRequest>,
+    ) -> Result<Response<pb::EpisodesResponse>, Status> {
         let r = request.into_inner();
         let scope = r.scope.unwrap_or_default();
-        let window = r
-            .window
-            .ok_or_else(|| Status::invalid_argument("missing window"))?;
+        let window = window(r.window)?;
+        let kind = pb::EpisodeKind::try_from(r.kind)
+            .ok()
+            .filter(|k| *k != pb::EpisodeKind::Unspecified)
+            .ok_or(QueryError::NoKind)?;
         let min = r.min_duration_us;
         self.answer(move |h| {
-            Ok(pb::LeaksResponse {
-                episodes: h.leaks(&scope, &window, min)?,
+            Ok(pb::EpisodesResponse {
+                episodes: h.episodes(&scope, &window, kind, min)?,
             })
         })
         .await
@@ -95,4 +97,70 @@ impl HistoryApi for HistoryService {
         })
         .await
     }
+
+    async fn mem(
+        &self,
+        request: Request<pb::MemRequest>,
+    ) -> Result<Response<pb::MemResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        let window = window(r.window)?;
+        let top = r.top as usize;
+        self.answer(move |h| {
+            Ok(pb::MemResponse {
+                instances: h.mem(&scope, &window, top)?,
+            })
+        })
+        .await
+    }
+
+    async fn health(
+        &self,
+        request: Request<pb::HealthRequest>,
+    ) -> Result<Response<pb::HealthResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        let window = window(r.window)?;
+        self.answer(move |h| {
+            Ok(pb::HealthResponse {
+                instances: h.health(&scope, &window)?,
+            })
+        })
+        .await
+    }
+
+    async fn churn(
+        &self,
+        request: Request<pb::ChurnRequest>,
+    ) -> Result<Response<pb::ChurnResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        let window = window(r.window)?;
+        self.answer(move |h| {
+            Ok(pb::ChurnResponse {
+                instances: h.churn(&scope, &window)?,
+            })
+        })
+        .await
+    }
+
+    async fn waits(
+        &self,
+        request: Request<pb::WaitsRequest>,
+    ) -> Result<Response<pb::WaitsResponse>, Status> {
+        let r = request.into_inner();
+        let scope = r.scope.unwrap_or_default();
+        let window = window(r.window)?;
+        let top = r.top as usize;
+        self.answer(move |h| {
+            Ok(pb::WaitsResponse {
+                waits: h.waits(&scope, &window, top)?,
+            })
+        })
+        .await
+    }
+}
+
+fn window(w: Option<pb::Window>) -> Result<pb::Window, Status> {
+    w.ok_or_else(|| Status::invalid_argument("missing window"))
 }

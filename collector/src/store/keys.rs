@@ -9,12 +9,37 @@ use pgtrail_proto::time::Micros;
 /// The id the store gives an instance; the first four bytes of its keys.
 pub type InstanceId = u32;
 
-/// Kinds of episode, the first byte of episode keys.
+/// Kinds of episode; the first byte of episode keys is the wire enum's
+/// value.
+pub use pgtrail_proto::pb::EpisodeKind;
+
+/// How much time one rollup covers; the byte after the instance in rollup
+/// keys.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
-pub enum EpisodeKind {
-    /// A session idle inside a transaction.
-    IdleInTransaction = 1,
+pub enum Resolution {
+    /// One minute.
+    Minute = 1,
+    /// One hour.
+    Hour = 2,
+}
+
+impl Resolution {
+    /// Both, finest first.
+    pub const ALL: [Resolution; 2] = [Resolution::Minute, Resolution::Hour];
+
+    /// Its length.
+    pub fn span(self) -> Micros {
+        match self {
+            Resolution::Minute => 60_000_000,
+            Resolution::Hour => 3_600_000_000,
+        }
+    }
+
+    /// The start of the stretch `t` falls in.
+    pub fn start_of(self, t: Micros) -> Micros {
+        t - t.rem_euclid(self.span())
+    }
 }
 
 /// A time as 8 bytes that sort like the time.
@@ -42,6 +67,20 @@ pub fn time_of_instance_key(key: &[u8]) -> Micros {
     time_from(&key[4..12])
 }
 
+/// `[instance][resolution][time]`: rollups.
+pub fn rollup(id: InstanceId, res: Resolution, t: Micros) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..4].copy_from_slice(&id.to_be_bytes());
+    k[4] = res as u8;
+    k[5..].copy_from_slice(&time_bytes(t));
+    k
+}
+
+/// The time of a rollup key.
+pub fn time_of_rollup_key(key: &[u8]) -> Micros {
+    time_from(&key[5..13])
+}
+
 /// `[kind][instance][ended][pid][started]`: closed episodes, in the order
 /// they ended, so "episodes that ended after T" is one range scan.
 pub fn closed_episode(
@@ -52,7 +91,7 @@ pub fn closed_episode(
     started: Micros,
 ) -> [u8; 25] {
     let mut k = [0u8; 25];
-    k[0] = kind as u8;
+    k[0] = kind as i32 as u8;
     k[1..5].copy_from_slice(&id.to_be_bytes());
     k[5..13].copy_from_slice(&time_bytes(ended));
     k[13..17].copy_from_slice(&(pid as u32).to_be_bytes());
@@ -63,7 +102,7 @@ pub fn closed_episode(
 /// `[kind][instance]`: the prefix of an instance's episodes of one kind.
 pub fn episode_prefix(kind: EpisodeKind, id: InstanceId) -> [u8; 5] {
     let mut k = [0u8; 5];
-    k[0] = kind as u8;
+    k[0] = kind as i32 as u8;
     k[1..].copy_from_slice(&id.to_be_bytes());
     k
 }

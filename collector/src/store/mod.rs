@@ -14,7 +14,7 @@
 //! | `instances`     | host `\0` instance                    | [`InstanceRecord`] |
 //! | `samples`       | instance u32, time                    | [`StoredSample`]   |
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
-//! | `minutes`       | instance u32, minute start            | [`MinuteRollup`]   |
+//! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`]         |
 //! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
 //! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
 //! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
@@ -28,14 +28,20 @@
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
 //! - An episode is in `open_episodes` or in `episodes`, never both.
+//! - A rollup is the merge of every sample in its stretch (see
+//!   [`crate::ingest::rollup`]); merging is order-independent, so a late
+//!   sample folds in like any other.
+//! - Retention removes samples (and facts superseded before the cut) older
+//!   than the raw horizon, and rollups and closed episodes older than the
+//!   long horizon; open episodes and the latest facts always stay.
 //! - `facts` holds an entry only where the facts changed.
 
 mod keys;
 mod records;
 mod sled;
 
-pub use self::keys::{EpisodeKind, InstanceId};
-pub use self::records::{EpisodeRecord, InstanceRecord, MinuteRollup, StoredSample};
+pub use self::keys::{EpisodeKind, InstanceId, Resolution};
+pub use self::records::{BlockerRecord, EpisodeRecord, InstanceRecord, Max, Rollup, StoredSample};
 pub use self::sled::SledStore;
 
 use std::collections::HashMap;
@@ -88,9 +94,10 @@ pub struct Append {
     pub texts: Vec<(u64, std::sync::Arc<str>)>,
     /// The facts, when they differ from the latest stored.
     pub facts: Option<pb::InstanceFacts>,
-    /// The sample's minute rollup, merged with what was stored.
-    pub minute: Option<(Micros, MinuteRollup)>,
-    /// Episodes that began.
+    /// The rollups the sample falls in, already merged with what was
+    /// stored.
+    pub rollups: Vec<(Resolution, Micros, Rollup)>,
+    /// Episodes open now, written (or rewritten) in the open set.
     pub opened: Vec<(EpisodeKind, EpisodeRecord)>,
     /// Episodes that ended (removed from the open set).
     pub closed: Vec<(EpisodeKind, EpisodeRecord)>,
@@ -127,19 +134,21 @@ pub trait Store: Send + Sync + 'static {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, StoredSample)>, StoreError>;
-    /// The rollup of the minute starting at `minute`.
-    fn minute(
+    /// The rollup of the stretch starting at `start`.
+    fn rollup(
         &self,
         instance: InstanceId,
-        minute: Micros,
-    ) -> Result<Option<MinuteRollup>, StoreError>;
-    /// Rollups of minutes starting in `[from, to]`, oldest first.
-    fn minutes(
+        res: Resolution,
+        start: Micros,
+    ) -> Result<Option<Rollup>, StoreError>;
+    /// Rollups of stretches starting in `[from, to]`, oldest first.
+    fn rollups(
         &self,
         instance: InstanceId,
+        res: Resolution,
         from: Micros,
         to: Micros,
-    ) -> Result<Vec<(Micros, MinuteRollup)>, StoreError>;
+    ) -> Result<Vec<(Micros, Rollup)>, StoreError>;
     /// The facts in force at `t` (the latest at or before it, else the
     /// first after it).
     fn facts_at(
@@ -160,6 +169,17 @@ pub trait Store: Send + Sync + 'static {
         kind: EpisodeKind,
         instance: InstanceId,
     ) -> Result<Vec<EpisodeRecord>, StoreError>;
+    /// Removes what is older than the horizons: samples before
+    /// `raw_before`; rollups and closed episodes before `kept_before`.
+    /// Works in small batches, so ingest is never stalled for long.
+    fn expire(
+        &self,
+        instance: InstanceId,
+        raw_before: Micros,
+        kept_before: Micros,
+    ) -> Result<u64, StoreError>;
+    /// Bytes the store takes on disk.
+    fn size_on_disk(&self) -> Result<u64, StoreError>;
     /// The texts of these query ids (unknown ids are left out).
     fn query_texts(
         &self,

@@ -45,11 +45,27 @@ pub struct StoredSample {
     /// Host and cgroup memory.
     #[prost(message, optional, tag = "5")]
     pub memory: Option<pb::MemoryUsage>,
+    /// Sessions established so far (PG 14+).
+    #[prost(uint64, optional, tag = "6")]
+    pub sessions_total: Option<u64>,
 }
 
-/// Connection counts over one minute (tree `minutes`).
+/// A count at its highest, and when it was first reached.
+#[derive(Clone, Copy, PartialEq, prost::Message)]
+pub struct Max {
+    /// The highest count.
+    #[prost(uint64, tag = "1")]
+    pub value: u64,
+    /// When it was first reached.
+    #[prost(int64, tag = "2")]
+    pub at_us: i64,
+}
+
+/// Everything long-range questions need from one stretch of samples (a
+/// minute or an hour; tree `rollups`). Merging two rollups gives the
+/// rollup of both stretches, in any order.
 #[derive(Clone, PartialEq, prost::Message)]
-pub struct MinuteRollup {
+pub struct Rollup {
     /// Samples folded in.
     #[prost(uint32, tag = "1")]
     pub samples: u32,
@@ -62,9 +78,46 @@ pub struct MinuteRollup {
     /// Client backends by state at that moment.
     #[prost(map = "string, uint32", tag = "4")]
     pub by_state_at_max: HashMap<String, u32>,
-    /// The highest count of each state on its own.
-    #[prost(map = "string, uint32", tag = "5")]
-    pub state_max: HashMap<String, u32>,
+    /// Per "dimension\tvalue", the highest client-backend count.
+    #[prost(map = "string, message", tag = "5")]
+    pub maxima: HashMap<String, Max>,
+    /// Time covered by samples, in µs (each sample covers the gap since the
+    /// previous one, at most [`crate::ingest::rollup::MAX_GAP`]).
+    #[prost(int64, tag = "6")]
+    pub covered_us: i64,
+    /// Time above 80 % of the non-superuser connection limit.
+    #[prost(int64, tag = "7")]
+    pub above_80_us: i64,
+    /// Time above 95 % of it.
+    #[prost(int64, tag = "8")]
+    pub above_95_us: i64,
+    /// Client sessions first seen (a new pid and backend_start).
+    #[prost(uint64, tag = "9")]
+    pub sessions_seen: u64,
+    /// Sessions established per the server's counter (PG 14+).
+    #[prost(uint64, optional, tag = "10")]
+    pub sessions_started: Option<u64>,
+    /// The most sessions started in one minute.
+    #[prost(uint64, tag = "11")]
+    pub max_started_per_minute: u64,
+    /// Sessions seen ending, by lifetime: < 1 s, < 10 s, < 1 min, < 1 h, more.
+    #[prost(uint64, repeated, tag = "12")]
+    pub lifetimes: Vec<u64>,
+    /// Active-session samples per wait event ("type:event", or "CPU").
+    #[prost(map = "string, uint64", tag = "13")]
+    pub waits: HashMap<String, u64>,
+    /// Active-session samples per "wait event\tquery id (hex)".
+    #[prost(map = "string, uint64", tag = "14")]
+    pub wait_queries: HashMap<String, u64>,
+    /// The highest RSS summed over the instance's processes.
+    #[prost(message, optional, tag = "15")]
+    pub rss_total: Option<Max>,
+    /// The highest PSS summed over the processes that had it.
+    #[prost(message, optional, tag = "16")]
+    pub pss_total: Option<Max>,
+    /// The most autovacuum workers at once.
+    #[prost(uint32, tag = "17")]
+    pub autovacuum_workers: u32,
 }
 
 /// An episode: a stretch a session spent in one condition (trees
@@ -104,4 +157,57 @@ pub struct EpisodeRecord {
     /// The session's query text, by reference.
     #[prost(uint64, optional, tag = "11")]
     pub query_id: Option<u64>,
+    /// backend_type.
+    #[prost(string, optional, tag = "12")]
+    pub backend_type: Option<String>,
+    /// query_start of the statement involved.
+    #[prost(int64, optional, tag = "13")]
+    pub query_start_us: Option<i64>,
+    /// Samples per wait event seen during it.
+    #[prost(map = "string, uint32", tag = "14")]
+    pub wait_events: HashMap<String, u32>,
+    /// Sessions that blocked it (lock waits).
+    #[prost(message, repeated, tag = "15")]
+    pub blockers: Vec<BlockerRecord>,
+    /// For instance-level episodes: what it is about.
+    #[prost(string, optional, tag = "16")]
+    pub detail: Option<String>,
+    /// Samples that saw it.
+    #[prost(uint32, tag = "17")]
+    pub samples: u32,
+}
+
+/// A session that blocked a lock wait.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct BlockerRecord {
+    /// Its pid.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// Its backend_start.
+    #[prost(int64, optional, tag = "2")]
+    pub backend_start_us: Option<i64>,
+    /// usename.
+    #[prost(string, optional, tag = "3")]
+    pub user: Option<String>,
+    /// application_name.
+    #[prost(string, optional, tag = "4")]
+    pub application_name: Option<String>,
+    /// Its state when first seen blocking.
+    #[prost(string, optional, tag = "5")]
+    pub state: Option<String>,
+    /// Its query when first seen blocking, by reference.
+    #[prost(uint64, optional, tag = "6")]
+    pub query_id: Option<u64>,
+    /// Seen idle in transaction while blocking.
+    #[prost(bool, tag = "7")]
+    pub idle_in_transaction: bool,
+    /// First sample that saw it blocking.
+    #[prost(int64, tag = "8")]
+    pub first_seen_us: i64,
+    /// Last sample that saw it blocking.
+    #[prost(int64, tag = "9")]
+    pub last_seen_us: i64,
+    /// Seen waiting on a lock itself while blocking.
+    #[prost(bool, tag = "10")]
+    pub waiting: bool,
 }

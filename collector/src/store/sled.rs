@@ -10,8 +10,8 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use super::keys::{self, EpisodeKind, InstanceId};
-use super::records::{EpisodeRecord, InstanceRecord, MinuteRollup, StoredSample};
+use super::keys::{self, EpisodeKind, InstanceId, Resolution};
+use super::records::{EpisodeRecord, InstanceRecord, Rollup, StoredSample};
 use super::{Append, Store, StoreError};
 
 /// The layout version this build writes and reads.
@@ -28,7 +28,7 @@ pub struct SledStore {
     instances: Tree,
     samples: Tree,
     facts: Tree,
-    minutes: Tree,
+    rollups: Tree,
     episodes: Tree,
     open_episodes: Tree,
     queries: Tree,
@@ -49,7 +49,7 @@ impl SledStore {
             instances: tree("instances")?,
             samples: tree("samples")?,
             facts: tree("facts")?,
-            minutes: tree("minutes")?,
+            rollups: tree("rollups")?,
             episodes: tree("episodes")?,
             open_episodes: tree("open_episodes")?,
             queries: tree("queries")?,
@@ -160,10 +160,11 @@ impl Store for SledStore {
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
         let sample = a.sample.encode_to_vec();
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
-        let minute = a
-            .minute
-            .as_ref()
-            .map(|(m, r)| (keys::instance_time(a.instance, *m), r.encode_to_vec()));
+        let rollups: Vec<_> = a
+            .rollups
+            .iter()
+            .map(|(res, start, r)| (keys::rollup(a.instance, *res, *start), r.encode_to_vec()))
+            .collect();
         let opened: Vec<_> = a
             .opened
             .iter()
@@ -185,14 +186,14 @@ impl Store for SledStore {
         let trees = (
             &self.samples,
             &self.facts,
-            &self.minutes,
+            &self.rollups,
             &self.episodes,
             &self.open_episodes,
             &self.queries,
             &self.instances,
         );
         let result = trees.transaction(
-            |(samples, facts_t, minutes, episodes, open, queries, instances)| {
+            |(samples, facts_t, rollups_t, episodes, open, queries, instances)| {
                 if samples.get(sample_key)?.is_some() {
                     return Ok(false);
                 }
@@ -206,8 +207,8 @@ impl Store for SledStore {
                 if let Some(f) = &facts {
                     facts_t.insert(&sample_key, f.as_slice())?;
                 }
-                if let Some((key, value)) = &minute {
-                    minutes.insert(key, value.as_slice())?;
+                for (key, value) in &rollups {
+                    rollups_t.insert(key, value.as_slice())?;
                 }
                 for (key, value) in &opened {
                     open.insert(key, value.as_slice())?;
@@ -296,30 +297,33 @@ impl Store for SledStore {
             .collect()
     }
 
-    fn minute(
+    fn rollup(
         &self,
         instance: InstanceId,
-        minute: Micros,
-    ) -> Result<Option<MinuteRollup>, StoreError> {
-        self.minutes
-            .get(keys::instance_time(instance, minute))?
-            .map(|v| decode("minutes", &v))
+        res: Resolution,
+        start: Micros,
+    ) -> Result<Option<Rollup>, StoreError> {
+        self.rollups
+            .get(keys::rollup(instance, res, start))?
+            .map(|v| decode("rollups", &v))
             .transpose()
     }
 
-    fn minutes(
+    fn rollups(
         &self,
         instance: InstanceId,
+        res: Resolution,
         from: Micros,
         to: Micros,
-    ) -> Result<Vec<(Micros, MinuteRollup)>, StoreError> {
+    ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
         if from > to {
             return Ok(Vec::new());
         }
-        Self::instance_range(&self.minutes, instance, from, to)
+        self.rollups
+            .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
             .map(|e| {
                 let (k, v) = e?;
-                Ok((keys::time_of_instance_key(&k), decode("minutes", &v)?))
+                Ok((keys::time_of_rollup_key(&k), decode("rollups", &v)?))
             })
             .collect()
     }
@@ -366,6 +370,50 @@ impl Store for SledStore {
             .collect()
     }
 
+    fn expire(
+        &self,
+        instance: InstanceId,
+        raw_before: Micros,
+        kept_before: Micros,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        let first = keys::instance_time(instance, Micros::MIN);
+        removed += remove_range(
+            &self.samples,
+            first,
+            keys::instance_time(instance, raw_before),
+        )?;
+        // Facts: keep the latest one before the cut, it is still in force.
+        let last_kept = Self::instance_range(&self.facts, instance, Micros::MIN, raw_before - 1)
+            .next_back()
+            .transpose()?
+            .map(|(k, _)| k);
+        if let Some(last) = last_kept {
+            removed += remove_range(&self.facts, first, last)?;
+        }
+        for res in Resolution::ALL {
+            let from = keys::rollup(instance, res, Micros::MIN);
+            removed += remove_range(
+                &self.rollups,
+                from,
+                keys::rollup(instance, res, kept_before),
+            )?;
+        }
+        for kind in ALL_EPISODE_KINDS {
+            let prefix = keys::episode_prefix(kind, instance);
+            let mut from = prefix.to_vec();
+            from.extend_from_slice(&keys::time_bytes(Micros::MIN));
+            let mut to = prefix.to_vec();
+            to.extend_from_slice(&keys::time_bytes(kept_before));
+            removed += remove_range(&self.episodes, from, to)?;
+        }
+        Ok(removed)
+    }
+
+    fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     fn query_texts(
         &self,
         ids: &mut dyn Iterator<Item = u64>,
@@ -380,5 +428,46 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+}
+
+/// Every episode kind there is.
+const ALL_EPISODE_KINDS: [EpisodeKind; 7] = [
+    EpisodeKind::IdleInTransaction,
+    EpisodeKind::SlowQuery,
+    EpisodeKind::LockWait,
+    EpisodeKind::Idle,
+    EpisodeKind::AuxMissing,
+    EpisodeKind::AutovacuumSaturated,
+    EpisodeKind::Restart,
+];
+
+/// How many keys one batch removes before letting writers in.
+const EXPIRE_BATCH: usize = 512;
+
+/// Removes the keys in `[from, to)` in batches.
+fn remove_range(
+    tree: &Tree,
+    from: impl AsRef<[u8]>,
+    to: impl AsRef<[u8]>,
+) -> Result<u64, StoreError> {
+    let (from, to) = (from.as_ref().to_vec(), to.as_ref().to_vec());
+    let mut removed = 0;
+    loop {
+        let keys: Vec<sled::IVec> = tree
+            .range(from.clone()..to.clone())
+            .keys()
+            .take(EXPIRE_BATCH)
+            .collect::<Result<_, _>>()?;
+        if keys.is_empty() {
+            return Ok(removed);
+        }
+        let mut batch = sled::Batch::default();
+        for k in &keys {
+            batch.remove(k);
+        }
+        tree.apply_batch(batch)?;
+        removed += keys.len() as u64;
+        std::thread::yield_now();
     }
 }
