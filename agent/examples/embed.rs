@@ -25,6 +25,14 @@ use pgtrail_proto::pb;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The agent logs what it cannot see, once, through `tracing`.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
     let mut args = std::env::args().skip(1);
     let url = args
         .next()

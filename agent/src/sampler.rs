@@ -303,6 +303,7 @@ impl Sampler {
 fn join_kinds(processes: &mut [pb::Process], sessions: &[pb::Session]) {
     let by_pid: std::collections::HashMap<i32, &str> = sessions
         .iter()
+        .filter(|s| !s.backend_type.is_empty()) // hidden from this role
         .map(|s| (s.pid, s.backend_type.as_str()))
         .collect();
     for p in processes.iter_mut() {
