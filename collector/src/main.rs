@@ -75,9 +75,11 @@ fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(Command::CheckConfig) = args.command {
         println!(
-            "config ok: listen {}, data {}",
+            "config ok: listen {}, data {}, samples kept {}, history kept {}",
             config.listen,
-            config.data.display()
+            config.data.display(),
+            pgtrail_collector::retention::display(config.retention.samples),
+            pgtrail_collector::retention::display(config.retention.history),
         );
         return Ok(());
     }

@@ -44,6 +44,18 @@ impl Default for Retention {
     }
 }
 
+/// A duration as people write retention: "7d", "90d", "12h", else
+/// humantime's form.
+pub fn display(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => humantime::format_duration(d).to_string(),
+        s if s % 86_400 == 0 && d.subsec_nanos() == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 && d.subsec_nanos() == 0 => format!("{}h", s / 3_600),
+        _ => humantime::format_duration(d).to_string(),
+    }
+}
+
 impl Retention {
     /// Removes from `store` what is older than the horizons counted back
     /// from `now`; returns how many records went.

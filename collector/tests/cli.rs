@@ -25,7 +25,7 @@ fn the_example_config_is_accepted() {
     );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        "config ok: listen 127.0.0.1:7070, data /var/lib/pgtrail\n"
+        "config ok: listen 127.0.0.1:7070, data /var/lib/pgtrail, samples kept 7d, history kept 90d\n"
     );
 }
 
