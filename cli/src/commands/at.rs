@@ -172,6 +172,14 @@ fn session(s: &pb::Session, p: Option<&pb::Process>, texts: &HashMap<u64, String
         "read_bytes": p.and_then(|p| p.read_bytes),
         "write_bytes": p.and_then(|p| p.write_bytes),
         "wchan": p.and_then(|p| p.wchan.clone()),
+        "syscall": p.and_then(|p| p.syscall),
+        "voluntary_ctxt_switches": p.and_then(|p| p.voluntary_ctxt_switches),
+        "nonvoluntary_ctxt_switches": p.and_then(|p| p.nonvoluntary_ctxt_switches),
+        "blkio_delay_us": p.and_then(|p| p.blkio_delay_us),
+        "pss_bytes": p.and_then(|p| p.pss_bytes),
+        "uss_bytes": p.and_then(|p| p.uss_bytes),
+        "threads": p.and_then(|p| p.threads),
+        "oom_score": p.and_then(|p| p.oom_score),
     })
 }
 
@@ -192,6 +200,13 @@ fn process(p: &pb::Process, has_session: bool) -> Value {
         "read_bytes": p.read_bytes,
         "write_bytes": p.write_bytes,
         "wchan": p.wchan,
+        "syscall": p.syscall,
+        "voluntary_ctxt_switches": p.voluntary_ctxt_switches,
+        "nonvoluntary_ctxt_switches": p.nonvoluntary_ctxt_switches,
+        "blkio_delay_us": p.blkio_delay_us,
+        "pss_bytes": p.pss_bytes,
+        "uss_bytes": p.uss_bytes,
         "threads": p.threads,
+        "oom_score": p.oom_score,
     })
 }

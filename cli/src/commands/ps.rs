@@ -86,9 +86,14 @@ fn rows(i: &pb::InstanceState) -> Vec<Row> {
                 "cpu_pct": p.cpu_pct.map(|c| round1(f64::from(c))),
                 "rss_bytes": p.rss_bytes,
                 "pss_bytes": p.pss_bytes,
+                "uss_bytes": p.uss_bytes,
                 "wchan": p.wchan,
                 "syscall": p.syscall,
+                "voluntary_ctxt_switches": p.voluntary_ctxt_switches,
+                "nonvoluntary_ctxt_switches": p.nonvoluntary_ctxt_switches,
+                "blkio_delay_us": p.blkio_delay_us,
                 "threads": p.threads,
+                "oom_score": p.oom_score,
             }))
         })
         .collect()
