@@ -156,6 +156,10 @@ fn describe(p: &Row) -> String {
     if let Some(r) = rss {
         stats.push(format!("rss {}", bytes(r)));
     }
+    let wchan = text("wchan");
+    if !wchan.is_empty() {
+        stats.push(format!("wchan {wchan}"));
+    }
     format!("{} [{}]", parts.join(" "), stats.join(", "))
 }
 
