@@ -255,15 +255,40 @@ async fn churn_of_short_connections() {
     );
 }
 
-/// A backend killed with SIGKILL makes the postmaster reset every child:
-/// a crash restart, and processes missing while it recovers.
+/// Time at the connection limit, then a backend killed with SIGKILL,
+/// which makes the postmaster reset every child: a crash restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_sees_a_crash_restart() {
-    let pg = PgServer::start().expect("PostgreSQL starts");
+async fn health_sees_the_connection_limit_and_a_crash_restart() {
+    // A non-superuser limit of 10 - 3 = 7 connections.
+    let pg = PgServer::start_with(&[
+        ("max_connections", "10"),
+        ("superuser_reserved_connections", "3"),
+    ])
+    .expect("PostgreSQL starts");
     let data = tempfile::tempdir().unwrap();
     let rec = Recorder::start(&pg, data.path(), "db-crash");
     let ok = rec.json(&["health", "--since", "5m"]);
     assert_eq!(rows(&ok)[0]["verdict"], "ok", "{ok}");
+
+    // The agent's session and 6 more: 7 of 7, above 95 %.
+    let mut full = Vec::new();
+    for _ in 0..6 {
+        full.push(pg.connect("f-full").await.unwrap());
+    }
+    let at_limit = Instant::now();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    drop(full);
+    let held = at_limit.elapsed().as_secs_f64();
+    rec.settle();
+    let health = rec.json(&["health", "--since", "5m"]);
+    let h = &rows(&health)[0];
+    let above_95 = h["above_95_pct_s"].as_f64().unwrap();
+    assert!(above_95 >= 1.4 && above_95 <= held + 0.5, "{h:#}");
+    assert!(h["above_80_pct_s"].as_f64().unwrap() >= above_95);
+    assert!(h["verdict"]
+        .as_str()
+        .unwrap()
+        .contains("near the connection limit"));
 
     let victim = pg.connect("f-victim").await.unwrap();
     let pid: i32 = victim

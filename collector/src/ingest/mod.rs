@@ -241,7 +241,7 @@ impl Ingestor {
 }
 
 /// max_connections − superuser_reserved_connections.
-fn user_limit(f: &pb::InstanceFacts) -> Option<u32> {
+pub fn user_limit(f: &pb::InstanceFacts) -> Option<u32> {
     Some(
         f.max_connections?
             .saturating_sub(f.superuser_reserved_connections.unwrap_or(0)),

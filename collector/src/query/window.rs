@@ -104,7 +104,11 @@ fn raw(
     to: Micros,
     out: &mut Vec<(Micros, Rollup)>,
 ) -> Result<(), StoreError> {
-    let mut context = Context::default();
+    let facts = store.facts_at(id, to)?;
+    let mut context = Context {
+        user_limit: facts.as_ref().and_then(crate::ingest::user_limit),
+        ..Default::default()
+    };
     for (t, sample) in store.samples(id, from, to)? {
         let snapshot = pgtrail_proto::model::Snapshot {
             sampled_at: t,
