@@ -118,3 +118,20 @@ pub async fn run(
     expiring.abort();
     served
 }
+
+/// Resolves on Ctrl-C or SIGTERM: what stops a collector, or `pgtrail
+/// record`, cleanly.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

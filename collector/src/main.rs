@@ -84,18 +84,11 @@ fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(pgtrail_collector::run(&config, shutdown_signal()))?;
+    runtime.block_on(pgtrail_collector::run(
+        &config,
+        pgtrail_collector::shutdown_signal(),
+    ))?;
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
 
 fn init_logging(format: LogFormat) {

@@ -12,6 +12,21 @@ use crate::client;
 use crate::output::{render, Format, Row};
 use crate::time::parse_duration;
 
+/// The table columns of `leaks` and `idle`.
+const SESSION_COLUMNS: &[&str] = &[
+    "host",
+    "port",
+    "pid",
+    "user",
+    "database",
+    "application_name",
+    "client_addr",
+    "started",
+    "ended",
+    "duration_s",
+    "last_query",
+];
+
 /// Asks for episodes of `kind`.
 pub async fn fetch(
     server: &str,
@@ -170,8 +185,9 @@ pub async fn slow(
         .map(|e| {
             let mut r = row(e);
             r.insert("wait_events".into(), wait_events(e));
-            r.insert("query".into(), r["last_query"].clone());
-            r.remove("last_query");
+            if let Some(q) = r.remove("last_query") {
+                r.insert("query".into(), q);
+            }
             r
         })
         .collect();
@@ -202,21 +218,5 @@ pub async fn idle(
 ) -> anyhow::Result<String> {
     let episodes = fetch(server, w, min, EpisodeKind::Idle).await?;
     let rows: Vec<Row> = episodes.iter().map(row).collect();
-    Ok(render(
-        &rows,
-        &[
-            "host",
-            "port",
-            "pid",
-            "user",
-            "database",
-            "application_name",
-            "client_addr",
-            "started",
-            "ended",
-            "duration_s",
-            "last_query",
-        ],
-        format,
-    ))
+    Ok(render(&rows, SESSION_COLUMNS, format))
 }

@@ -27,8 +27,9 @@ pub async fn run(
         .iter()
         .map(|e| {
             let mut r = row(e);
-            r.insert("query".into(), r["last_query"].clone());
-            r.remove("last_query");
+            if let Some(q) = r.remove("last_query") {
+                r.insert("query".into(), q);
+            }
             r.insert("wait_events".into(), super::episodes::wait_events(e));
             r.insert(
                 "blockers".into(),

@@ -71,7 +71,9 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
         "recording; query with e.g. `pgtrail peaks` (Ctrl-C stops)"
     );
     let expiring = retention.spawn(collector.store());
-    let served = collector.serve(listener, shutdown_signal()).await;
+    let served = collector
+        .serve(listener, pgtrail_collector::shutdown_signal())
+        .await;
     expiring.abort();
     agent.shutdown().await;
     let _ = ingesting.await;
@@ -79,14 +81,4 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     served?;
     info!("stopped; history kept in {}", args.data.display());
     Ok(())
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }
