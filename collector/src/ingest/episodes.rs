@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 
-use pgtrail_proto::model::{Snapshot, IDLE_IN_TRANSACTION};
+use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND, IDLE_IN_TRANSACTION};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
 
@@ -45,9 +45,15 @@ pub fn floor(kind: EpisodeKind) -> Micros {
     }
 }
 
-/// The moment identifying `kind` in session `s`, when `s` is in it.
+/// The moment identifying `kind` in session `s`, when `s` is in it. Only
+/// client backends have idle, idle-in-transaction and slow-query episodes
+/// (a walsender is "active" for as long as it streams); any backend can
+/// wait on a lock.
 fn condition(kind: EpisodeKind, s: &pb::Session, now: Micros) -> Option<Micros> {
     let state = s.state.as_deref();
+    if kind != EpisodeKind::LockWait && s.backend_type != CLIENT_BACKEND {
+        return None;
+    }
     match kind {
         EpisodeKind::IdleInTransaction => state
             .filter(|st| st.starts_with(IDLE_IN_TRANSACTION))
