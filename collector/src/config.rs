@@ -80,9 +80,9 @@ mod tests {
     fn unknown_keys_are_refused_with_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");
-        std::fs::write(&path, "listen = '127.0.0.1:1'\nretention = '7d'\n").unwrap();
+        std::fs::write(&path, "listen = '127.0.0.1:1'\nretension = '7d'\n").unwrap();
         let msg = Config::from_file(&path).unwrap_err().to_string();
-        assert!(msg.contains("line 2") && msg.contains("retention"), "{msg}");
+        assert!(msg.contains("line 2") && msg.contains("retension"), "{msg}");
     }
 
     #[test]
