@@ -31,7 +31,20 @@ pub async fn run(server: &str, w: &WindowArgs, top: u32, format: Format) -> anyh
         .await
         .map_err(client::status)?
         .into_inner();
-    let rows: Vec<Row> = reply.waits.iter().map(row).collect();
+    let mut rows: Vec<Row> = reply.waits.iter().map(row).collect();
+    if format != Format::Table {
+        return Ok(render(&rows, COLUMNS, format));
+    }
+    // Tables show the queries as "samples× text; ...".
+    for r in &mut rows {
+        let summary: Vec<String> = r["top_queries"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| format!("{}× {}", q["samples"], q["query"].as_str().unwrap_or("")))
+            .collect();
+        r.insert("top_queries".into(), summary.join("; ").into());
+    }
     Ok(render(&rows, COLUMNS, format))
 }
 
