@@ -6,6 +6,7 @@
 //! check followed by an append cannot race with a second stream carrying
 //! the same instance.
 
+mod durable;
 pub mod episodes;
 pub mod instance;
 mod open_set;
@@ -59,6 +60,7 @@ pub struct Ingestor {
     store: Arc<dyn Store>,
     /// (host, instance) → its slot.
     states: Mutex<HashMap<(String, String), Slot>>,
+    commit: durable::GroupCommit,
 }
 
 impl std::fmt::Debug for Ingestor {
@@ -71,26 +73,31 @@ impl Ingestor {
     /// An ingestor writing into `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
         Self {
+            commit: durable::GroupCommit::new(store.clone()),
             store,
             states: Mutex::new(HashMap::new()),
         }
     }
 
     /// Stores `snapshot` of `host` and makes it durable before returning.
+    /// Concurrent calls share flushes (group commit).
     pub async fn ingest(&self, host: &str, snapshot: &Snapshot) -> Result<Outcome, StoreError> {
         let outcome = self.append(host, snapshot).await?;
         if outcome == Outcome::Stored {
-            self.flush().await?;
+            self.commit.durable().await?;
         }
         Ok(outcome)
     }
 
     /// Makes everything appended so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || store.flush())
-            .await
-            .expect("flush task panicked")
+        self.commit.flush().await
+    }
+
+    /// Returns once everything appended before the call is durable,
+    /// sharing one flush with concurrent callers.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        self.commit.durable().await
     }
 
     /// Stores `snapshot` of `host` without waiting for the disk; call

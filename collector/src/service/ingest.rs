@@ -68,29 +68,57 @@ async fn serve(
         return Err(ProtocolError::Missing("hello.host").into());
     }
     info!(host = %hello.host, agent = %hello.agent_id, version = %hello.agent_version, "agent connected");
-    let mut decoder = StreamDecoder::default();
-    while let Some(message) = inbound.message().await? {
-        let wire = match message.kind {
-            Some(Kind::Snapshot(s)) => s,
-            Some(Kind::Hello(_)) => return Err(ProtocolError::Unexpected("a second hello").into()),
-            None => return Err(ProtocolError::Missing("kind").into()),
-        };
-        let snapshot = decoder.decode(wire)?;
-        let outcome = ingestor
-            .ingest(&hello.host, &snapshot)
-            .await
-            .map_err(|e| Status::unavailable(error_chain(&e)))?;
-        let ack = pb::CollectorMessage {
-            kind: Some(pb::collector_message::Kind::Ack(pb::Ack {
+    // Appends go on while earlier ones wait for the disk: the acker makes
+    // them durable (sharing flushes) and acknowledges them in order.
+    let (appended, mut to_ack) = mpsc::channel::<pb::Ack>(PIPELINE);
+    let acker = async {
+        while let Some(ack) = to_ack.recv().await {
+            ingestor
+                .durable()
+                .await
+                .map_err(|e| Status::unavailable(error_chain(&e)))?;
+            let message = pb::CollectorMessage {
+                kind: Some(pb::collector_message::Kind::Ack(ack)),
+            };
+            if acks.send(Ok(message)).await.is_err() {
+                break; // the agent hung up
+            }
+        }
+        Ok::<(), Status>(())
+    };
+    let reader = async {
+        let mut decoder = StreamDecoder::default();
+        while let Some(message) = inbound.message().await? {
+            let wire = match message.kind {
+                Some(Kind::Snapshot(s)) => s,
+                Some(Kind::Hello(_)) => {
+                    return Err(ProtocolError::Unexpected("a second hello").into())
+                }
+                None => return Err(ProtocolError::Missing("kind").into()),
+            };
+            let snapshot = decoder.decode(wire)?;
+            let outcome = ingestor
+                .append(&hello.host, &snapshot)
+                .await
+                .map_err(|e| Status::unavailable(error_chain(&e)))?;
+            let ack = pb::Ack {
                 instance: snapshot.instance,
                 seq: snapshot.seq,
                 duplicate: outcome == Outcome::Duplicate,
-            })),
-        };
-        if acks.send(Ok(ack)).await.is_err() {
-            break; // the agent hung up
+            };
+            if appended.send(ack).await.is_err() {
+                break;
+            }
         }
-    }
+        drop(appended);
+        Ok::<(), Status>(())
+    };
+    let (read, acked) = tokio::join!(reader, acker);
+    read?;
+    acked?;
     info!(host = %hello.host, agent = %hello.agent_id, "agent disconnected");
     Ok(())
 }
+
+/// Snapshots appended but not yet acknowledged, per stream.
+const PIPELINE: usize = 256;
