@@ -1,0 +1,307 @@
+//! Collector ingest: N concurrent agent streams through the real gRPC
+//! `Ingest.Stream` path on 127.0.0.1 into the `pgtrail-collector` binary's
+//! sled store.
+//!
+//! Each stream is one agent (its own host name and connection) replaying
+//! realistic snapshots of one instance (200 client backends, the mix and
+//! churn of `common::sim`, one a second), encoded beforehand with the
+//! agent's `StreamEncoder` (texts travel once per stream), with up to 32
+//! snapshots ahead of the acknowledgements, as the agent's sender does.
+//! The run ends when every snapshot is acknowledged (acks come once the
+//! sample is durable).
+//!
+//! Reported per N: snapshots/s and session-rows/s (wall clock: a rate),
+//! the collector's CPU per snapshot (user + system of its process), the
+//! rows per CPU-second, and its RSS. Baselines in the same run, on the
+//! same snapshots: decoding them with prost (the least a receiver does),
+//! and writing each one's encoded bytes into a bare sled tree with a flush
+//! after each (the least a durable ack costs on this disk).
+//!
+//! Flags: `--quick`, `--streams 1,4,16`, `--snapshots 2000` (in total per
+//! N), `--sessions 200`.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use common::sim::Sim;
+use common::{median, mib, process_cpu_ns, rss_bytes, table, Args};
+use pgtrail_proto::intern::StreamEncoder;
+use pgtrail_proto::pb::{self, agent_message::Kind, ingest_client::IngestClient};
+use pgtrail_proto::time::SECOND;
+use pgtrail_tests::{bin, free_port};
+use prost::Message;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Snapshots sent ahead of the acknowledgements, per stream.
+const WINDOW: usize = 32;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let streams: Vec<usize> = if args.quick {
+        args.list("streams", &[1, 4])
+    } else {
+        args.list("streams", &[1, 4, 16])
+    };
+    let total: usize = args.get("snapshots", if args.quick { 400 } else { 2000 });
+    let sessions: usize = args.get("sessions", 200);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(streams, total, sessions))
+}
+
+struct Level {
+    streams: usize,
+    snapshots: usize,
+    wall: f64,
+    cpu_ns: u64,
+    rss: u64,
+    hwm: u64,
+}
+
+async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Result<()> {
+    println!("## Collector ingest\n");
+    println!("machine: {}\n", common::machine());
+    let start = pgtrail_proto::time::now() - 3600 * SECOND;
+    let mut results = Vec::new();
+    let mut wire_bytes = Vec::new();
+    let mut floors = None;
+    for &n in &levels {
+        let per_stream = total.div_ceil(n);
+        let mut batches = Vec::new();
+        for s in 0..n {
+            let mut sim = Sim::new(s as u64 + 1, "main", start, sessions);
+            let mut encoder = StreamEncoder::default();
+            let batch: Vec<pb::AgentMessage> = (0..per_stream)
+                .map(|_| pb::AgentMessage {
+                    kind: Some(Kind::Snapshot(encoder.encode(&sim.step(SECOND)))),
+                })
+                .collect();
+            batches.push(batch);
+        }
+        if floors.is_none() {
+            wire_bytes = batches[0].iter().map(|m| m.encoded_len() as f64).collect();
+            floors = Some(baselines(&batches[0])?);
+        }
+        eprintln!("ingest bench: {n} streams × {per_stream} snapshots");
+        results.push(ingest(batches).await?);
+    }
+    let (decode_ns, sled_ns, sled_wall) = floors.unwrap_or_default();
+    let rows = |snapshots: usize| (snapshots * sessions) as f64;
+    println!(
+        "snapshot: {sessions} client backends (+5 auxiliary), {:.1} KiB on the wire (median, texts once per stream)\n",
+        median(&wire_bytes) / 1024.0
+    );
+    let mut table_rows = Vec::new();
+    for r in &results {
+        let cpu_s = r.cpu_ns as f64 / 1e9;
+        table_rows.push(vec![
+            r.streams.to_string(),
+            r.snapshots.to_string(),
+            format!("{:.0}", r.snapshots as f64 / r.wall),
+            format!("{:.0}", rows(r.snapshots) / r.wall),
+            format!("{:.2} ms", r.cpu_ns as f64 / 1e6 / r.snapshots as f64),
+            format!("{:.0}", rows(r.snapshots) / cpu_s),
+            format!("{:.0} MiB ({:.0})", mib(r.rss), mib(r.hwm)),
+            format!("{:.3}×", rows(r.snapshots) / r.wall / 1e6),
+        ]);
+    }
+    table(
+        &[
+            "streams",
+            "snapshots",
+            "snapshots/s",
+            "session-rows/s",
+            "collector CPU/snapshot",
+            "rows per CPU-second",
+            "collector RSS (peak)",
+            "vs 1,000,000 rows/s",
+        ],
+        &table_rows,
+    );
+    println!("Baselines on the same snapshots (median per snapshot):\n");
+    table(
+        &["baseline", "CPU/snapshot", "rows/s (wall)"],
+        &[
+            vec![
+                "prost decode of the wire message".into(),
+                format!("{:.3} ms", decode_ns / 1e6),
+                format!("{:.0}", sessions as f64 * 1e9 / decode_ns),
+            ],
+            vec![
+                "bare sled insert of its bytes + flush".into(),
+                format!("{:.3} ms", sled_ns / 1e6),
+                format!("{:.0}", sessions as f64 * 1e9 / sled_wall),
+            ],
+        ],
+    );
+    if let Some(best) = results.iter().max_by(|a, b| {
+        (a.snapshots as f64 / a.wall).total_cmp(&(b.snapshots as f64 / b.wall))
+    }) {
+        let rate = rows(best.snapshots) / best.wall;
+        let cpu_per = best.cpu_ns as f64 / best.snapshots as f64;
+        println!(
+            "@@ ingest session-rows/s (best, {} streams) | {:.0} | ≥ 1,000,000 | {:.3}× | collector CPU/snapshot {:.2} ms = {:.0}× prost decode, {:.1}× bare sled insert+flush; sled floor {:.0} rows/s",
+            best.streams,
+            rate,
+            rate / 1e6,
+            cpu_per / 1e6,
+            cpu_per / decode_ns,
+            cpu_per / sled_ns,
+            sessions as f64 * 1e9 / sled_wall,
+        );
+        println!(
+            "@@ collector RSS under ingest (peak, {} streams) | {:.0} MiB | (none) | - | -",
+            best.streams,
+            mib(best.hwm)
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// (prost decode CPU, bare sled insert+flush CPU, its wall time), ns per
+/// snapshot, medians.
+fn baselines(batch: &[pb::AgentMessage]) -> anyhow::Result<(f64, f64, f64)> {
+    let encoded: Vec<Vec<u8>> = batch.iter().map(|m| m.encode_to_vec()).collect();
+    let mut decode = Vec::new();
+    for bytes in &encoded {
+        let c0 = common::thread_cpu_ns();
+        let m = pb::AgentMessage::decode(bytes.as_slice())?;
+        drop(m);
+        decode.push((common::thread_cpu_ns() - c0) as f64);
+    }
+    let dir = tempfile::tempdir()?;
+    let db = sled::open(dir.path())?;
+    let tree = db.open_tree("samples")?;
+    let me = std::process::id() as i32;
+    let (mut cpu, mut wall) = (Vec::new(), Vec::new());
+    for (i, bytes) in encoded.iter().enumerate() {
+        let (c0, t0) = (process_cpu_ns(me).unwrap_or(0), Instant::now());
+        tree.insert((i as u64).to_be_bytes(), bytes.as_slice())?;
+        db.flush()?;
+        cpu.push((process_cpu_ns(me).unwrap_or(0) - c0) as f64);
+        wall.push(t0.elapsed().as_nanos() as f64);
+    }
+    Ok((median(&decode), median(&cpu), median(&wall)))
+}
+
+/// A `pgtrail-collector` process on a fresh store.
+struct CollectorProcess {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl CollectorProcess {
+    async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(bin("pgtrail-collector"))
+            .arg("--listen")
+            .arg(&addr)
+            .arg("--data")
+            .arg(dir.path().join("store"))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("cannot start pgtrail-collector")?;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(&addr).await.is_ok() {
+                return Ok(Self {
+                    child,
+                    addr,
+                    _dir: dir,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("pgtrail-collector does not listen on {addr}")
+    }
+}
+
+impl Drop for CollectorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn ingest(batches: Vec<Vec<pb::AgentMessage>>) -> anyhow::Result<Level> {
+    let collector = CollectorProcess::start().await?;
+    let pid = collector.child.id() as i32;
+    let streams = batches.len();
+    let snapshots: usize = batches.iter().map(Vec::len).sum();
+    let mut clients = Vec::new();
+    for _ in 0..streams {
+        let client = IngestClient::connect(format!("http://{}", collector.addr))
+            .await?
+            .max_encoding_message_size(64 << 20);
+        clients.push(client);
+    }
+    let c0 = process_cpu_ns(pid).unwrap_or(0);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for (s, (mut client, batch)) in clients.into_iter().zip(batches).enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let (tx, rx) = mpsc::channel(WINDOW + 1);
+            let count = batch.len();
+            tx.send(pb::AgentMessage {
+                kind: Some(Kind::Hello(pb::Hello {
+                    agent_id: format!("bench-{s}"),
+                    host: format!("bench-{s}"),
+                    agent_version: "bench".into(),
+                })),
+            })
+            .await?;
+            let permits = Arc::new(Semaphore::new(WINDOW));
+            let feeder = {
+                let permits = permits.clone();
+                tokio::spawn(async move {
+                    for m in batch {
+                        permits.acquire().await.expect("open").forget();
+                        if tx.send(m).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Keep the stream open until the acks are in.
+                    tx
+                })
+            };
+            let mut acks = client.stream(ReceiverStream::new(rx)).await?.into_inner();
+            let mut acked = 0;
+            while acked < count {
+                match acks.message().await? {
+                    Some(_) => {
+                        acked += 1;
+                        permits.add_permits(1);
+                    }
+                    None => bail!("the collector ended stream {s} after {acked} acks"),
+                }
+            }
+            drop(feeder.await?);
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let cpu_ns = process_cpu_ns(pid).unwrap_or(0) - c0;
+    let (rss, hwm) = rss_bytes(pid);
+    Ok(Level {
+        streams,
+        snapshots,
+        wall,
+        cpu_ns,
+        rss,
+        hwm,
+    })
+}

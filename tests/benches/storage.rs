@@ -1,0 +1,221 @@
+//! Storage: bytes on disk per session-sample after a simulated stretch of
+//! 1 s sampling of one instance with 200 client backends (the mix and
+//! churn of `common::sim`), stored through the collector's own path:
+//! `Ingestor::ingest` (append, then flush before the ack), one snapshot a
+//! simulated second, into a sled store in a temp directory.
+//!
+//! A session-sample is one client backend in one sample (the 5 auxiliary
+//! processes ride along uncounted, so the figure errs high). Reported: the
+//! store's size on disk (`size_on_disk`, and the files' allocated blocks)
+//! per session-sample, and, from reopening the store read-only, the
+//! logical bytes (keys + values) per tree, which say where the bytes go.
+//! Baselines in the same run, on the same snapshots: the bytes the agent
+//! sends (prost, texts once per stream), and the bytes of only the rows
+//! that changed since the previous sample (a row-level delta, full rows).
+//!
+//! A full day is 86,400 samples; `--hours` simulates a shorter stretch
+//! (default 24; `--quick` 0.25) and the report extrapolates linearly to a
+//! day when it is shorter, saying so.
+//!
+//! Flags: `--quick`, `--hours 24`, `--sessions 200`, `--flush-every 1`.
+
+mod common;
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Instant;
+
+use common::sim::Sim;
+use common::{median, table, Args};
+use pgtrail_collector::Collector;
+use pgtrail_proto::intern::StreamEncoder;
+use pgtrail_proto::pb;
+use pgtrail_proto::time::SECOND;
+use prost::Message;
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let hours: f64 = args.get("hours", if args.quick { 0.25 } else { 24.0 });
+    let sessions: usize = args.get("sessions", 200);
+    let flush_every: u64 = args.get("flush-every", 1).max(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(run(hours, sessions, flush_every))
+}
+
+async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()> {
+    println!("## Storage\n");
+    println!("machine: {}\n", common::machine());
+    let samples = (hours * 3600.0).round() as u64;
+    let dir = tempfile::tempdir()?;
+    let store_dir = dir.path().join("store");
+    let collector = Collector::open(&store_dir)?;
+    let ingestor = collector.ingestor();
+    let start = pgtrail_proto::time::now() - samples as i64 * SECOND;
+    let mut sim = Sim::new(7, "main", start, sessions);
+    let mut encoder = StreamEncoder::default();
+    let (mut wire, mut delta) = (0u64, 0u64);
+    let mut previous: HashMap<i32, (pb::Session, pb::Process)> = HashMap::new();
+    let mut append_ns = Vec::new();
+    let t0 = Instant::now();
+    let me = std::process::id() as i32;
+    let c0 = common::process_cpu_ns(me).unwrap_or(0);
+    for i in 0..samples {
+        let snapshot = sim.step(SECOND);
+        wire += encoder.encode(&snapshot).encoded_len() as u64;
+        delta += changed_bytes(&snapshot, &mut previous);
+        let a0 = Instant::now();
+        if (i + 1) % flush_every == 0 {
+            ingestor.ingest("bench", &snapshot).await?;
+        } else {
+            ingestor.append("bench", &snapshot).await?;
+        }
+        append_ns.push(a0.elapsed().as_nanos() as f64);
+        if i % 3600 == 3599 {
+            eprintln!(
+                "storage bench: {} h simulated, {:.0} s",
+                (i + 1) / 3600,
+                t0.elapsed().as_secs_f64()
+            );
+        }
+    }
+    ingestor.flush().await?;
+    let cpu_s = (common::process_cpu_ns(me).unwrap_or(0) - c0) as f64 / 1e9;
+    let wall = t0.elapsed().as_secs_f64();
+    let size_on_disk = collector.store().size_on_disk()?;
+    drop(ingestor);
+    drop(collector);
+    let allocated = allocated_bytes(&store_dir);
+    let trees = tree_bytes(&store_dir)?;
+
+    let session_samples = (samples * sessions as u64) as f64;
+    let per = |bytes: u64| bytes as f64 / session_samples;
+    println!(
+        "{samples} samples ({hours} h at 1 s) of {sessions} client backends = {session_samples:.0} session-samples; ingest took {wall:.0} s wall, {cpu_s:.0} s CPU (simulation included), median {:.2} ms per ingest\n",
+        median(&append_ns) / 1e6
+    );
+    let mut rows = vec![
+        vec![
+            "sled size_on_disk".into(),
+            format!("{:.1} MiB", common::mib(size_on_disk)),
+            format!("{:.1}", per(size_on_disk)),
+        ],
+        vec![
+            "files' allocated blocks".into(),
+            format!("{:.1} MiB", common::mib(allocated)),
+            format!("{:.1}", per(allocated)),
+        ],
+    ];
+    let logical: u64 = trees.iter().map(|t| t.1).sum();
+    for (name, bytes, count) in &trees {
+        rows.push(vec![
+            format!("logical: tree `{name}` ({count} records)"),
+            format!("{:.1} MiB", common::mib(*bytes)),
+            format!("{:.2}", per(*bytes)),
+        ]);
+    }
+    rows.push(vec![
+        "logical: all trees".into(),
+        format!("{:.1} MiB", common::mib(logical)),
+        format!("{:.1}", per(logical)),
+    ]);
+    rows.push(vec![
+        "baseline: agent's wire bytes".into(),
+        format!("{:.1} MiB", common::mib(wire)),
+        format!("{:.1}", per(wire)),
+    ]);
+    rows.push(vec![
+        "baseline: changed rows only".into(),
+        format!("{:.1} MiB", common::mib(delta)),
+        format!("{:.1}", per(delta)),
+    ]);
+    table(&["what", "bytes", "bytes per session-sample"], &rows);
+    let day = if hours < 24.0 {
+        format!(
+            " (a {hours} h stretch; a day extrapolates linearly to {:.1} GiB)",
+            size_on_disk as f64 * 24.0 / hours / (1u64 << 30) as f64
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B, logical {:.1} B per session-sample",
+        per(size_on_disk),
+        per(size_on_disk) / 10.0,
+        per(wire),
+        per(delta),
+        per(logical),
+    );
+    println!();
+    Ok(())
+}
+
+/// The encoded bytes of the sessions and processes that differ from the
+/// previous sample's row of the same pid (new ones included).
+fn changed_bytes(
+    snapshot: &pgtrail_proto::model::Snapshot,
+    previous: &mut HashMap<i32, (pb::Session, pb::Process)>,
+) -> u64 {
+    let processes: HashMap<i32, &pb::Process> =
+        snapshot.processes.iter().map(|p| (p.pid, p)).collect();
+    let mut bytes = 0u64;
+    let mut next = HashMap::with_capacity(previous.len());
+    for s in &snapshot.sessions {
+        let p = processes.get(&s.pid).map(|p| (*p).clone()).unwrap_or_default();
+        match previous.get(&s.pid) {
+            Some((ps, pp)) if ps == s && *pp == p => {}
+            Some((ps, pp)) => {
+                if ps != s {
+                    bytes += s.encoded_len() as u64;
+                }
+                if *pp != p {
+                    bytes += p.encoded_len() as u64;
+                }
+            }
+            None => bytes += (s.encoded_len() + p.encoded_len()) as u64,
+        }
+        next.insert(s.pid, (s.clone(), p));
+    }
+    *previous = next;
+    bytes
+}
+
+/// The blocks allocated to the files under `dir`, in bytes.
+fn allocated_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let Ok(meta) = e.metadata() else { continue };
+            if meta.is_dir() {
+                total += allocated_bytes(&e.path());
+            } else {
+                total += meta.blocks() * 512;
+            }
+        }
+    }
+    total
+}
+
+/// (tree, key + value bytes, records) for every tree of the sled store.
+fn tree_bytes(dir: &Path) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let db = sled::open(dir)?;
+    let mut out = Vec::new();
+    for name in db.tree_names() {
+        let tree = db.open_tree(&name)?;
+        let (mut bytes, mut count) = (0u64, 0u64);
+        for kv in tree.iter() {
+            let (k, v) = kv?;
+            bytes += (k.len() + v.len()) as u64;
+            count += 1;
+        }
+        let name = String::from_utf8_lossy(&name).into_owned();
+        if count > 0 {
+            out.push((name, bytes, count));
+        }
+    }
+    out.sort_by(|a, b| b.1.cmp(&a.1));
+    Ok(out)
+}
