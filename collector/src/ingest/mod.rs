@@ -193,6 +193,8 @@ impl Ingestor {
                 seq: snapshot.seq,
                 memory: snapshot.memory,
                 sessions_total: snapshot.sessions_total,
+                keyframe: true,
+                ..Default::default()
             },
             texts: snapshot
                 .queries

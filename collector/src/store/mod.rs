@@ -12,7 +12,7 @@
 //! |-----------------|---------------------------------------|--------------------|
 //! | `meta`          | name                                  | format, next id    |
 //! | `instances`     | host `\0` instance                    | [`InstanceRecord`] |
-//! | `samples`       | instance u32, time                    | [`StoredSample`]   |
+//! | `samples`       | instance u32, time                    | [`StoredSample`], a keyframe or a delta |
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
 //! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`]         |
 //! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
@@ -36,6 +36,7 @@
 //!   long horizon; open episodes and the latest facts always stay.
 //! - `facts` holds an entry only where the facts changed.
 
+mod delta;
 mod keys;
 mod records;
 mod sled;
@@ -66,6 +67,9 @@ pub enum StoreError {
         #[source]
         source: prost::DecodeError,
     },
+    /// A delta sample whose base is missing: the store is damaged.
+    #[error("sample at {0} of instance {1} refers to a missing base sample")]
+    BrokenChain(Micros, InstanceId),
     /// An instance id without its record: the store is damaged.
     #[error("instance {0} is registered but has no record")]
     MissingInstance(InstanceId),
@@ -121,13 +125,14 @@ pub trait Store: Send + Sync + 'static {
     fn flush(&self) -> Result<(), StoreError>;
     /// The first and last sample times.
     fn sample_bounds(&self, instance: InstanceId) -> Result<Option<(Micros, Micros)>, StoreError>;
-    /// The sample at or just before `t`.
+    /// The sample at or just before `t`, with all its rows (however it is
+    /// stored).
     fn sample_at(
         &self,
         instance: InstanceId,
         t: Micros,
     ) -> Result<Option<(Micros, StoredSample)>, StoreError>;
-    /// Samples in `[from, to]`, oldest first.
+    /// Samples in `[from, to]`, oldest first, each with all its rows.
     fn samples(
         &self,
         instance: InstanceId,

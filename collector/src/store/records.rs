@@ -48,6 +48,19 @@ pub struct StoredSample {
     /// Sessions established so far (PG 14+).
     #[prost(uint64, optional, tag = "6")]
     pub sessions_total: Option<u64>,
+    /// A full sample; otherwise a delta (see [`super::delta`]) whose rows
+    /// are those that changed since the sample at `base_us`.
+    #[prost(bool, tag = "7")]
+    pub keyframe: bool,
+    /// For a delta: the sample it was taken against.
+    #[prost(int64, optional, tag = "8")]
+    pub base_us: Option<i64>,
+    /// For a delta: pids whose session is gone.
+    #[prost(int32, repeated, tag = "9")]
+    pub gone_sessions: Vec<i32>,
+    /// For a delta: pids whose process is gone.
+    #[prost(int32, repeated, tag = "10")]
+    pub gone_processes: Vec<i32>,
 }
 
 /// A count at its highest, and when it was first reached.

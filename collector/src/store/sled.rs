@@ -10,6 +10,7 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
+use super::delta::{self, Rows};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::records::{EpisodeRecord, InstanceRecord, Rollup, StoredSample};
 use super::{Append, Store, StoreError};
@@ -35,6 +36,9 @@ pub struct SledStore {
     meta: Tree,
     /// id → key in `instances`, so appends find the record to count in.
     instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
+    /// Per instance, the last sample appended in order and its rows: what
+    /// the next sample's delta is taken against.
+    chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Rows)>>,
 }
 
 impl SledStore {
@@ -56,6 +60,7 @@ impl SledStore {
             meta: tree("meta")?,
             db,
             instance_keys: RwLock::new(HashMap::new()),
+            chains: std::sync::Mutex::new(HashMap::new()),
         };
         match store.meta.get("format")? {
             None => {
@@ -102,6 +107,83 @@ impl SledStore {
 
 fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|source| StoreError::Corrupt { tree, source })
+}
+
+impl SledStore {
+    /// How `a`'s sample is stored: a delta against the instance's previous
+    /// sample when that is in the same minute and older, else a keyframe.
+    fn encode_sample(&self, a: &Append) -> StoredSample {
+        let chains = self.chains.lock().expect("not poisoned");
+        match chains.get(&a.instance) {
+            Some((last, rows))
+                if *last < a.sampled_at
+                    && Resolution::Minute.start_of(*last)
+                        == Resolution::Minute.start_of(a.sampled_at) =>
+            {
+                delta::encode(rows, *last, &a.sample)
+            }
+            _ => {
+                let mut full = a.sample.clone();
+                full.keyframe = true;
+                full.base_us = None;
+                full
+            }
+        }
+    }
+
+    /// A stored sample with all its rows: a keyframe as it is, a delta
+    /// rebuilt from its chain.
+    fn rebuild(
+        &self,
+        instance: InstanceId,
+        at: Micros,
+        sample: StoredSample,
+    ) -> Result<StoredSample, StoreError> {
+        if sample.keyframe {
+            return Ok(sample);
+        }
+        let mut deltas = vec![sample];
+        let mut rows = loop {
+            let last = deltas.last().expect("not empty");
+            let base_at = last.base_us.ok_or(StoreError::BrokenChain(at, instance))?;
+            let base = self
+                .samples
+                .get(keys::instance_time(instance, base_at))?
+                .ok_or(StoreError::BrokenChain(at, instance))?;
+            let base: StoredSample = decode("samples", &base)?;
+            if base.keyframe {
+                break Rows::of(&base);
+            }
+            deltas.push(base);
+        };
+        for d in deltas.iter().rev() {
+            rows.apply(d);
+        }
+        let mut out = deltas.swap_remove(0);
+        rows.fill(&mut out);
+        Ok(out)
+    }
+
+    /// The time of the keyframe the first sample at or after `t` builds on:
+    /// cutting there keeps every remaining chain whole.
+    fn chain_start(&self, instance: InstanceId, t: Micros) -> Result<Micros, StoreError> {
+        let Some(first) = Self::instance_range(&self.samples, instance, t, Micros::MAX).next()
+        else {
+            return Ok(t);
+        };
+        let (k, v) = first?;
+        let mut at = keys::time_of_instance_key(&k);
+        let mut sample: StoredSample = decode("samples", &v)?;
+        while !sample.keyframe {
+            let Some(base) = sample.base_us else { break };
+            let Some(v) = self.samples.get(keys::instance_time(instance, base))? else {
+                break;
+            };
+            at = base;
+            sample = decode("samples", &v)?;
+        }
+        Ok(at.min(t))
+    }
 }
 
 impl Store for SledStore {
@@ -158,7 +240,7 @@ impl Store for SledStore {
             .cloned()
             .expect("instance registered before append");
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
-        let sample = a.sample.encode_to_vec();
+        let sample = self.encode_sample(a).encode_to_vec();
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
         let rollups: Vec<_> = a
             .rollups
@@ -233,10 +315,20 @@ impl Store for SledStore {
                 Ok(true)
             },
         );
-        result.map_err(|e| match e {
+        let stored = result.map_err(|e| match e {
             TransactionError::Abort(e) => e,
             TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+        })?;
+        if stored {
+            let mut chains = self.chains.lock().expect("not poisoned");
+            let newer = chains
+                .get(&a.instance)
+                .is_none_or(|(last, _)| a.sampled_at > *last);
+            if newer {
+                chains.insert(a.instance, (a.sampled_at, Rows::of(&a.sample)));
+            }
+        }
+        Ok(stored)
     }
 
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError> {
@@ -272,10 +364,9 @@ impl Store for SledStore {
             None => Ok(None),
             Some(entry) => {
                 let (k, v) = entry?;
-                Ok(Some((
-                    keys::time_of_instance_key(&k),
-                    decode("samples", &v)?,
-                )))
+                let at = keys::time_of_instance_key(&k);
+                let sample = decode("samples", &v)?;
+                Ok(Some((at, self.rebuild(instance, at, sample)?)))
             }
         }
     }
@@ -289,12 +380,25 @@ impl Store for SledStore {
         if from > to {
             return Ok(Vec::new());
         }
-        Self::instance_range(&self.samples, instance, from, to)
-            .map(|e| {
-                let (k, v) = e?;
-                Ok((keys::time_of_instance_key(&k), decode("samples", &v)?))
-            })
-            .collect()
+        let mut out = Vec::new();
+        let mut running: Option<(Micros, Rows)> = None;
+        for entry in Self::instance_range(&self.samples, instance, from, to) {
+            let (k, v) = entry?;
+            let at = keys::time_of_instance_key(&k);
+            let mut sample: StoredSample = decode("samples", &v)?;
+            let rows = match running.take() {
+                _ if sample.keyframe => Rows::of(&sample),
+                Some((prev, mut rows)) if sample.base_us == Some(prev) => {
+                    rows.apply(&sample);
+                    rows
+                }
+                _ => Rows::of(&self.rebuild(instance, at, sample.clone())?),
+            };
+            rows.clone().fill(&mut sample);
+            running = Some((at, rows));
+            out.push((at, sample));
+        }
+        Ok(out)
     }
 
     fn rollup(
@@ -378,11 +482,9 @@ impl Store for SledStore {
     ) -> Result<u64, StoreError> {
         let mut removed = 0;
         let first = keys::instance_time(instance, Micros::MIN);
-        removed += remove_range(
-            &self.samples,
-            first,
-            keys::instance_time(instance, raw_before),
-        )?;
+        // Cut at a keyframe, so every chain left is whole.
+        let cut = self.chain_start(instance, raw_before)?;
+        removed += remove_range(&self.samples, first, keys::instance_time(instance, cut))?;
         // Facts: keep the latest one before the cut, it is still in force.
         let last_kept = Self::instance_range(&self.facts, instance, Micros::MIN, raw_before - 1)
             .next_back()
