@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use common::sim::Sim;
-use common::{median, mib, process_cpu_ns, rss_bytes, table, Args};
+use common::{median, mib, process_cpu_ns, rss_bytes, self_cpu_ns, table, Args};
 use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::pb::{self, agent_message::Kind, ingest_client::IngestClient};
 use pgtrail_proto::time::SECOND;
@@ -180,13 +180,12 @@ fn baselines(batch: &[pb::AgentMessage]) -> anyhow::Result<(f64, f64, f64)> {
     let dir = tempfile::tempdir()?;
     let db = sled::open(dir.path())?;
     let tree = db.open_tree("samples")?;
-    let me = std::process::id() as i32;
     let (mut cpu, mut wall) = (Vec::new(), Vec::new());
     for (i, bytes) in encoded.iter().enumerate() {
-        let (c0, t0) = (process_cpu_ns(me).unwrap_or(0), Instant::now());
+        let (c0, t0) = (self_cpu_ns(), Instant::now());
         tree.insert((i as u64).to_be_bytes(), bytes.as_slice())?;
         db.flush()?;
-        cpu.push((process_cpu_ns(me).unwrap_or(0) - c0) as f64);
+        cpu.push((self_cpu_ns() - c0) as f64);
         wall.push(t0.elapsed().as_nanos() as f64);
     }
     Ok((median(&decode), median(&cpu), median(&wall)))

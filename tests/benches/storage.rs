@@ -61,8 +61,7 @@ async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()
     let mut previous: HashMap<i32, (pb::Session, pb::Process)> = HashMap::new();
     let mut append_ns = Vec::new();
     let t0 = Instant::now();
-    let me = std::process::id() as i32;
-    let c0 = common::process_cpu_ns(me).unwrap_or(0);
+    let c0 = common::self_cpu_ns();
     for i in 0..samples {
         let snapshot = sim.step(SECOND);
         wire += encoder.encode(&snapshot).encoded_len() as u64;
@@ -83,7 +82,7 @@ async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()
         }
     }
     ingestor.flush().await?;
-    let cpu_s = (common::process_cpu_ns(me).unwrap_or(0) - c0) as f64 / 1e9;
+    let cpu_s = (common::self_cpu_ns() - c0) as f64 / 1e9;
     let wall = t0.elapsed().as_secs_f64();
     let size_on_disk = collector.store().size_on_disk()?;
     drop(ingestor);

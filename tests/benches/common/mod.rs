@@ -1,10 +1,13 @@
 //! What the benchmarks share: CPU time and memory read from `/proc`,
 //! medians, flags, and a generator of realistic snapshots.
 //!
-//! CPU time is the kernel's `sum_exec_runtime` (user + system, in
-//! nanoseconds) from `/proc/.../schedstat`: the same time that
-//! `/proc/PID/stat` reports as `utime + stime`, without its 10 ms tick.
-//! [`stat_cpu_ns`] reads the tick-based figure for cross-checks.
+//! CPU time is user + system time in nanoseconds: for the bench's own
+//! thread or process, `clock_gettime(CLOCK_THREAD_CPUTIME_ID /
+//! CLOCK_PROCESS_CPUTIME_ID)`; for another process (a backend, the agent,
+//! the collector, pg_activity), the kernel's `sum_exec_runtime` from
+//! `/proc/PID/task/*/schedstat`: the same time that `/proc/PID/stat`
+//! reports as `utime + stime`, without its 10 ms tick. [`stat_cpu_ns`]
+//! reads the tick-based figure for cross-checks.
 #![allow(dead_code)]
 
 pub mod sim;
@@ -12,9 +15,20 @@ pub mod sim;
 use std::fs;
 use std::time::Duration;
 
+use rustix::time::{clock_gettime, ClockId};
+
 /// CPU time (user + system) of the calling thread, in nanoseconds.
 pub fn thread_cpu_ns() -> u64 {
-    schedstat("/proc/thread-self/schedstat").expect("/proc/thread-self/schedstat is readable")
+    timespec_ns(clock_gettime(ClockId::ThreadCPUTime))
+}
+
+/// CPU time (user + system) of this process, all threads, in nanoseconds.
+pub fn self_cpu_ns() -> u64 {
+    timespec_ns(clock_gettime(ClockId::ProcessCPUTime))
+}
+
+fn timespec_ns(t: rustix::time::Timespec) -> u64 {
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
 }
 
 /// CPU time (user + system) of every thread of process `pid`, in
