@@ -18,6 +18,7 @@ pub mod pg;
 mod report;
 mod sampler;
 mod sender;
+pub mod spool;
 mod stats;
 
 pub use builder::{AgentBuilder, AgentHandle, DEFAULT_CHANNEL_PER_INSTANCE, MIN_INTERVAL};
@@ -29,6 +30,7 @@ pub use sender::Sender;
 pub use stats::StatsSnapshot;
 
 use pgtrail_proto::pb;
+use spool::Spool;
 use tracing::info;
 
 /// The agent's version, sent in its hello.
@@ -41,6 +43,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<StatsSnapshot, AgentError> {
     let host = config.host_name();
+    let spool_dir = config.spool_dir();
+    let spool = Spool::open(&spool_dir, config.spool_max_bytes).map_err(|e| {
+        AgentError::Config(format!(
+            "cannot use the spool directory {}: {}; set spool_dir (or --spool-dir) to a directory this user may write",
+            spool_dir.display(),
+            error_chain(&e)
+        ))
+    })?;
+    if spool.unacked() > 0 {
+        info!(spool = %spool_dir.display(), waiting = spool.unacked(), "resuming the spool: unacknowledged snapshots are sent first");
+    }
     let (agent, snapshots) = AgentBuilder::from_config(&config)?.spawn()?;
     let hello = pb::Hello {
         agent_id: format!("{host}/{}", std::process::id()),
@@ -51,6 +64,7 @@ pub async fn run(
         config.collector.clone(),
         hello,
         config.queue_capacity,
+        spool,
         agent.shared_stats(),
     );
     let sending = tokio::spawn(sender.run(snapshots));
@@ -63,7 +77,9 @@ pub async fn run(
     info!(
         samples = stats.samples,
         failures = stats.failures,
+        overruns = stats.overruns,
         dropped = stats.dropped,
+        acked = stats.acked,
         "agent stopped"
     );
     Ok(stats)

@@ -36,6 +36,17 @@ struct Args {
     /// The host name to report (default: the kernel's).
     #[arg(long, env = "PGTRAIL_HOST_NAME")]
     host_name: Option<String>,
+    /// Where unacknowledged snapshots wait on disk (default:
+    /// $STATE_DIRECTORY/spool, else ./pgtrail-agent-spool).
+    #[arg(long, env = "PGTRAIL_SPOOL_DIR")]
+    spool_dir: Option<PathBuf>,
+    /// How often each process's PSS/USS is read, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pss_interval: Option<Duration>,
+    /// Replace literals in query texts with placeholders before they leave
+    /// the host.
+    #[arg(long)]
+    normalize_queries: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Plain, env = "PGTRAIL_LOG_FORMAT", global = true)]
     log_format: LogFormat,
@@ -75,7 +86,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::CheckConfig) = args.command {
         let instances = config.instances()?;
         println!(
-            "config ok: {} instance(s) ({}), collector {}, every {}",
+            "config ok: {} instance(s) ({}), collector {}, every {}, spool {}",
             instances.len(),
             instances
                 .iter()
@@ -83,7 +94,8 @@ fn run(args: Args) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join(", "),
             config.collector,
-            humantime::format_duration(config.interval)
+            humantime::format_duration(config.interval),
+            config.spool_dir().display()
         );
         return Ok(());
     }
@@ -115,6 +127,15 @@ fn resolve(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(h) = &args.host_name {
         config.host_name = Some(h.clone());
+    }
+    if let Some(d) = &args.spool_dir {
+        config.spool_dir = Some(d.clone());
+    }
+    if let Some(p) = args.pss_interval {
+        config.pss_interval = p;
+    }
+    if args.normalize_queries {
+        config.normalize_queries = true;
     }
     Ok(config)
 }

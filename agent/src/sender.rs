@@ -1,13 +1,13 @@
-//! Streams snapshots to the collector and keeps what it has not yet
-//! acknowledged.
+//! Streams snapshots to the collector from the on-disk spool.
 //!
-//! Snapshots wait in a bounded queue, oldest first, until the collector
-//! acknowledges them. On a new stream every waiting snapshot is sent again
-//! (the collector stores a redelivery once). When the queue is full the
-//! oldest is dropped and counted, and the count rides on that instance's
-//! next snapshot as `dropped_before`, so history shows the gap.
+//! Every snapshot goes into the [`Spool`] first and leaves it only when the
+//! collector acknowledges it. On each new stream the sender walks the spool
+//! from its oldest record, with at most `window` snapshots sent ahead of
+//! the acknowledgements; new snapshots join at the end. When the spool is
+//! full its oldest snapshots are dropped and counted, and the count rides
+//! on each instance's next snapshot as `dropped_before`, so history shows
+//! the gap.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +15,13 @@ use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::model::Snapshot;
 use pgtrail_proto::pb::{self, ingest_client::IngestClient};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
 use crate::report::error_chain;
+use crate::spool::{Cursor, Spool};
 use crate::stats::Stats;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
@@ -32,10 +34,11 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Sender {
     collector: String,
     hello: pb::Hello,
-    capacity: usize,
-    pending: VecDeque<Snapshot>,
-    dropped: HashMap<String, u64>,
+    window: usize,
+    spool: Spool,
     stats: Arc<Stats>,
+    /// Whether a spool write failure was logged (once per failure run).
+    spool_failing: bool,
 }
 
 enum StreamEnd {
@@ -46,16 +49,23 @@ enum StreamEnd {
 }
 
 impl Sender {
-    /// A sender to `collector` (a URL such as `http://host:7070`) that keeps
-    /// at most `capacity` unacknowledged snapshots.
-    pub fn new(collector: String, hello: pb::Hello, capacity: usize, stats: Arc<Stats>) -> Self {
+    /// A sender to `collector` (a URL such as `http://host:7070`) that
+    /// keeps snapshots in `spool` until acknowledged and sends at most
+    /// `window` ahead of the acknowledgements.
+    pub fn new(
+        collector: String,
+        hello: pb::Hello,
+        window: usize,
+        spool: Spool,
+        stats: Arc<Stats>,
+    ) -> Self {
         Self {
             collector,
             hello,
-            capacity: capacity.max(1),
-            pending: VecDeque::new(),
-            dropped: HashMap::new(),
+            window: window.max(1),
+            spool,
             stats,
+            spool_failing: false,
         }
     }
 
@@ -66,10 +76,10 @@ impl Sender {
         let mut outage: Option<String> = None;
         loop {
             match self.stream(&mut snapshots, &mut outage, &mut backoff).await {
-                StreamEnd::Done => return,
+                StreamEnd::Done => break,
                 StreamEnd::Broken(why) => {
                     if outage.as_ref() != Some(&why) {
-                        warn!(collector = %self.collector, error = %why, waiting = self.pending.len(), "collector unavailable; snapshots wait in the queue and are sent on reconnect");
+                        warn!(collector = %self.collector, error = %why, waiting = self.spool.unacked(), "collector unavailable; snapshots wait in the spool and are sent on reconnect");
                         outage = Some(why);
                     }
                 }
@@ -81,11 +91,24 @@ impl Sender {
                     _ = &mut pause => break,
                     next = snapshots.recv() => match next {
                         Some(s) => self.enqueue(s),
-                        None => return,
+                        None => return self.close(),
                     },
                 }
             }
             backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        self.close();
+    }
+
+    fn close(&self) {
+        if let Err(e) = self.spool.sync() {
+            warn!(error = %error_chain(&e), "cannot flush the spool");
+        }
+        if self.spool.unacked() > 0 {
+            info!(
+                unacknowledged = self.spool.unacked(),
+                "stopping with snapshots the collector has not acknowledged; they stay in the spool for the next run"
+            );
         }
     }
 
@@ -104,7 +127,7 @@ impl Sender {
             Err(e) => return StreamEnd::Broken(error_chain(&e)),
         };
         let mut client = IngestClient::new(channel);
-        let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(64);
+        let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(16);
         let hello = pb::AgentMessage {
             kind: Some(pb::agent_message::Kind::Hello(self.hello.clone())),
         };
@@ -116,84 +139,101 @@ impl Sender {
             Err(status) => return StreamEnd::Broken(status.message().to_string()),
         };
         if outage.take().is_some() {
-            info!(collector = %self.collector, resending = self.pending.len(), "collector reachable again");
+            info!(collector = %self.collector, resending = self.spool.unacked(), "collector reachable again");
         }
         *backoff = MIN_BACKOFF;
         let mut encoder = StreamEncoder::default();
-        // Everything unacknowledged goes again, oldest first. The channel
-        // is bounded, so this also paces us to the collector.
-        for snapshot in self.pending.iter() {
-            let wire = wrap(encoder.encode(snapshot));
-            if out.send(wire).await.is_err() {
-                return StreamEnd::Broken("stream closed".into());
-            }
-        }
+        // Everything unacknowledged goes again, oldest first.
+        let mut cursor = Cursor::default();
+        let mut in_flight = 0usize;
+        let mut closing: Option<Instant> = None;
         loop {
+            let can_send = in_flight < self.window && self.spool.has_next(&cursor);
+            if let Some(deadline) = closing {
+                if !can_send && in_flight == 0 || Instant::now() >= deadline {
+                    tracing::debug!(
+                        in_flight,
+                        can_send,
+                        unacked = self.spool.unacked(),
+                        "stream done"
+                    );
+                    return StreamEnd::Done;
+                }
+            }
+            let deadline = closing.unwrap_or_else(|| Instant::now() + MAX_BACKOFF);
             tokio::select! {
-                next = snapshots.recv() => {
-                    let Some(snapshot) = next else {
-                        self.drain(&mut acks).await;
-                        return StreamEnd::Done;
-                    };
-                    self.enqueue(snapshot);
-                    let newest = self.pending.back().expect("just queued");
-                    if out.send(wrap(encoder.encode(newest))).await.is_err() {
+                permit = out.reserve(), if can_send => {
+                    let Ok(permit) = permit else {
                         return StreamEnd::Broken("stream closed".into());
+                    };
+                    match self.spool.next(&mut cursor) {
+                        Ok(Some(snapshot)) => {
+                            permit.send(wrap(encoder.encode(&snapshot)));
+                            in_flight += 1;
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            warn!(error = %error_chain(&e), "cannot read the spool; skipping a record");
+                        }
                     }
                 }
+                next = snapshots.recv(), if closing.is_none() => match next {
+                    Some(snapshot) => self.enqueue(snapshot),
+                    None => closing = Some(Instant::now() + DRAIN_TIMEOUT),
+                },
                 reply = acks.message() => match reply {
-                    Ok(Some(msg)) => self.acknowledge(msg),
+                    Ok(Some(msg)) => {
+                        if self.acknowledge(msg) {
+                            in_flight = in_flight.saturating_sub(1);
+                        }
+                    }
                     Ok(None) => return StreamEnd::Broken("the collector closed the stream".into()),
                     Err(status) => return StreamEnd::Broken(status.message().to_string()),
                 },
+                _ = tokio::time::sleep_until(deadline), if closing.is_some() => {}
             }
         }
     }
 
-    /// Waits a little for acknowledgements of what was sent.
-    async fn drain(&mut self, acks: &mut tonic::Streaming<pb::CollectorMessage>) {
-        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-            while !self.pending.is_empty() {
-                match acks.message().await {
-                    Ok(Some(msg)) => self.acknowledge(msg),
-                    _ => return,
+    fn enqueue(&mut self, snapshot: Snapshot) {
+        match self.spool.push(snapshot) {
+            Ok(evicted) => {
+                self.spool_failing = false;
+                if evicted.snapshots > 0 {
+                    for _ in 0..evicted.snapshots {
+                        self.stats.drop_one();
+                    }
+                    warn!(
+                        dropped = evicted.snapshots,
+                        spool_bytes = self.spool.bytes(),
+                        "spool full: dropped the oldest unacknowledged snapshots"
+                    );
                 }
             }
-        })
-        .await;
-        if !self.pending.is_empty() {
-            warn!(
-                unacknowledged = self.pending.len(),
-                "stopping with snapshots the collector has not acknowledged"
-            );
-        }
-    }
-
-    fn enqueue(&mut self, mut snapshot: Snapshot) {
-        if let Some(n) = self.dropped.remove(&snapshot.instance) {
-            snapshot.dropped_before += n;
-        }
-        if self.pending.len() >= self.capacity {
-            if let Some(oldest) = self.pending.pop_front() {
+            Err(e) => {
                 self.stats.drop_one();
-                warn!(instance = %oldest.instance, seq = oldest.seq, "queue full: dropped the oldest unacknowledged snapshot");
-                *self.dropped.entry(oldest.instance).or_default() += 1;
+                if !std::mem::replace(&mut self.spool_failing, true) {
+                    warn!(error = %error_chain(&e), "cannot write the spool: snapshots are dropped until it works again");
+                }
             }
         }
-        self.pending.push_back(snapshot);
     }
 
-    fn acknowledge(&mut self, msg: pb::CollectorMessage) {
+    /// Marks a snapshot acknowledged; whether it was one we were waiting for.
+    fn acknowledge(&mut self, msg: pb::CollectorMessage) -> bool {
         let Some(pb::collector_message::Kind::Ack(ack)) = msg.kind else {
-            return;
+            return false;
         };
-        if let Some(i) = self
-            .pending
-            .iter()
-            .position(|s| s.seq == ack.seq && s.instance == ack.instance)
-        {
-            self.pending.remove(i);
-            self.stats.ack();
+        match self.spool.ack(&ack.instance, ack.seq) {
+            Ok(true) => {
+                self.stats.ack();
+                true
+            }
+            Ok(false) => false,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot remove an acknowledged spool segment");
+                true
+            }
         }
     }
 }

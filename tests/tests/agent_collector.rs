@@ -69,6 +69,8 @@ fn the_agent_streams_to_the_collector_and_survives_its_restart() {
         Command::new(bin("pgtrail-agent"))
             .args(["--pg", &pg.url(), "--collector", &server])
             .args(["--interval", "200ms", "--host-name", "db-fleet-1"])
+            .arg("--spool-dir")
+            .arg(data.path().join("spool"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
