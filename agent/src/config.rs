@@ -277,6 +277,21 @@ mod tests {
     }
 
     #[test]
+    fn agent_depth_settings_parse_and_are_checked() {
+        let c = Config::from_toml(
+            "pss_interval = '10s'\nnormalize_queries = true\nspool_dir = '/tmp/s'\n\
+             spool_max_bytes = 1000\n[[instance]]\nurl = 'host=/tmp'\n",
+        )
+        .unwrap();
+        assert_eq!(c.pss_interval, Duration::from_secs(10));
+        assert!(c.normalize_queries);
+        assert_eq!(c.spool_dir(), PathBuf::from("/tmp/s"));
+        let err = c.instances().unwrap_err().to_string();
+        assert!(err.contains("spool_max_bytes 1000 is too small"), "{err}");
+        assert_eq!(Config::default().spool_max_bytes, DEFAULT_SPOOL_MAX_BYTES);
+    }
+
+    #[test]
     fn human_durations_parse() {
         let c = Config::from_toml("interval = '250ms'\n").unwrap();
         assert_eq!(c.interval, Duration::from_millis(250));
