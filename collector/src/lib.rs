@@ -91,14 +91,19 @@ impl Collector {
     ) -> Result<(), CollectorError> {
         let addr = listener.local_addr().ok();
         info!(addr = ?addr, "serving gRPC");
-        let ingest = IngestServer::new(IngestService::new(self.ingestor.clone()))
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let ingest = IngestServer::new(IngestService::new(self.ingestor.clone(), stopping))
             .max_decoding_message_size(MAX_MESSAGE_BYTES);
         let history = HistoryServer::new(HistoryService::new(self.history.clone()))
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         tonic::transport::Server::builder()
             .add_service(ingest)
             .add_service(history)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                shutdown.await;
+                // End the agents' streams too; the server waits for them.
+                let _ = stop.send(true);
+            })
             .await?;
         self.store.flush()?;
         Ok(())

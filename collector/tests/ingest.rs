@@ -232,3 +232,29 @@ async fn history_survives_a_restart_of_the_collector() {
     assert!(bad.message().contains("db-test"), "{}", bad.message());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_server_stops_while_an_agent_is_connected() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut client = IngestClient::connect(server.url.clone()).await.unwrap();
+    let (tx, rx) = mpsc::channel(16);
+    let mut enc = StreamEncoder::default();
+    tx.send(hello()).await.unwrap();
+    tx.send(wrap(enc.encode(&snapshot(1, &[(10, "idle", "a")]))))
+        .await
+        .unwrap();
+    let mut replies = client
+        .stream(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let first = replies.message().await.unwrap();
+    assert!(first.is_some(), "acknowledged");
+    // The agent keeps its stream open; stopping must not wait for it.
+    tokio::time::timeout(Duration::from_secs(10), server.stop())
+        .await
+        .expect("the server stopped with an agent connected");
+    assert!(matches!(replies.message().await, Ok(None) | Err(_)));
+    drop(tx);
+}

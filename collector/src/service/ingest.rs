@@ -6,7 +6,7 @@ use std::sync::Arc;
 use pgtrail_proto::intern::StreamDecoder;
 use pgtrail_proto::pb::{self, ingest_server::Ingest};
 use pgtrail_proto::ProtocolError;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -18,12 +18,15 @@ use crate::query::error_chain;
 #[derive(Debug, Clone)]
 pub struct IngestService {
     ingestor: Arc<Ingestor>,
+    stopping: watch::Receiver<bool>,
 }
 
 impl IngestService {
-    /// A service storing through `ingestor`.
-    pub fn new(ingestor: Arc<Ingestor>) -> Self {
-        Self { ingestor }
+    /// A service storing through `ingestor`. When `stopping` turns true,
+    /// every stream stops reading, acknowledges what it stored and ends, so
+    /// the server can shut down while agents are connected.
+    pub fn new(ingestor: Arc<Ingestor>, stopping: watch::Receiver<bool>) -> Self {
+        Self { ingestor, stopping }
     }
 }
 
@@ -41,8 +44,9 @@ impl Ingest for IngestService {
         let mut inbound = request.into_inner();
         let (acks, rx) = mpsc::channel(64);
         let ingestor = self.ingestor.clone();
+        let stopping = self.stopping.clone();
         tokio::spawn(async move {
-            if let Err(status) = serve(&ingestor, &mut inbound, &acks).await {
+            if let Err(status) = serve(&ingestor, &mut inbound, &acks, stopping).await {
                 warn!(peer = %peer, error = %status.message(), "agent stream ended with an error");
                 let _ = acks.send(Err(status)).await;
             }
@@ -55,6 +59,7 @@ async fn serve(
     ingestor: &Ingestor,
     inbound: &mut Streaming<pb::AgentMessage>,
     acks: &mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+    mut stopping: watch::Receiver<bool>,
 ) -> Result<(), Status> {
     use pb::agent_message::Kind;
     let hello = match inbound.message().await? {
@@ -88,7 +93,12 @@ async fn serve(
     };
     let reader = async {
         let mut decoder = StreamDecoder::default();
-        while let Some(message) = inbound.message().await? {
+        loop {
+            let next = tokio::select! {
+                next = inbound.message() => next?,
+                _ = stopping.wait_for(|stop| *stop) => None,
+            };
+            let Some(message) = next else { break };
             let wire = match message.kind {
                 Some(Kind::Snapshot(s)) => s,
                 Some(Kind::Hello(_)) => {
