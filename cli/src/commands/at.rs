@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 
 use chrono::Local;
+use pgtrail_agent::os::syscall_name;
 use pgtrail_proto::pb;
 use serde_json::{json, Value};
 
@@ -173,6 +174,7 @@ fn session(s: &pb::Session, p: Option<&pb::Process>, texts: &HashMap<u64, String
         "write_bytes": p.and_then(|p| p.write_bytes),
         "wchan": p.and_then(|p| p.wchan.clone()),
         "syscall": p.and_then(|p| p.syscall),
+        "syscall_name": p.and_then(|p| p.syscall).and_then(syscall_name),
         "voluntary_ctxt_switches": p.and_then(|p| p.voluntary_ctxt_switches),
         "nonvoluntary_ctxt_switches": p.and_then(|p| p.nonvoluntary_ctxt_switches),
         "blkio_delay_us": p.and_then(|p| p.blkio_delay_us),
@@ -201,6 +203,7 @@ fn process(p: &pb::Process, has_session: bool) -> Value {
         "write_bytes": p.write_bytes,
         "wchan": p.wchan,
         "syscall": p.syscall,
+        "syscall_name": p.syscall.and_then(syscall_name),
         "voluntary_ctxt_switches": p.voluntary_ctxt_switches,
         "nonvoluntary_ctxt_switches": p.nonvoluntary_ctxt_switches,
         "blkio_delay_us": p.blkio_delay_us,

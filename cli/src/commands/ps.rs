@@ -89,6 +89,7 @@ fn rows(i: &pb::InstanceState) -> Vec<Row> {
                 "uss_bytes": p.uss_bytes,
                 "wchan": p.wchan,
                 "syscall": p.syscall,
+                "syscall_name": p.syscall.and_then(pgtrail_agent::os::syscall_name),
                 "voluntary_ctxt_switches": p.voluntary_ctxt_switches,
                 "nonvoluntary_ctxt_switches": p.nonvoluntary_ctxt_switches,
                 "blkio_delay_us": p.blkio_delay_us,
@@ -159,6 +160,10 @@ fn describe(p: &Row) -> String {
     let wchan = text("wchan");
     if !wchan.is_empty() {
         stats.push(format!("wchan {wchan}"));
+    }
+    let syscall = text("syscall_name");
+    if !syscall.is_empty() {
+        stats.push(format!("in {syscall}"));
     }
     format!("{} [{}]", parts.join(" "), stats.join(", "))
 }
