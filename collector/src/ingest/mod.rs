@@ -14,7 +14,7 @@ pub mod rollup;
 
 pub use open_set::Changes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use pgtrail_proto::model::Snapshot;
@@ -50,7 +50,13 @@ struct InstanceState {
     context: Context,
     last_at: Micros,
     facts: Option<pb::InstanceFacts>,
+    /// Query texts known to be stored, so a sample passes the store only
+    /// texts it may not have (bounded: forgotten all at once when full).
+    stored_texts: HashSet<u64>,
 }
+
+/// How many stored text ids an instance remembers.
+const MAX_KNOWN_TEXTS: usize = 100_000;
 
 /// One instance's state behind its writer lock; `None` until loaded.
 type Slot = Arc<tokio::sync::Mutex<Option<InstanceState>>>;
@@ -144,6 +150,7 @@ impl Ingestor {
             },
             last_at: self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1),
             facts,
+            stored_texts: HashSet::new(),
         })
     }
 
@@ -199,6 +206,7 @@ impl Ingestor {
             texts: snapshot
                 .queries
                 .iter()
+                .filter(|(id, _)| !state.stored_texts.contains(id))
                 .map(|(id, text)| (*id, text.clone()))
                 .collect(),
             facts: facts.clone(),
@@ -213,6 +221,12 @@ impl Ingestor {
         if facts.is_some() {
             state.facts = facts;
         }
+        if state.stored_texts.len() + append.texts.len() > MAX_KNOWN_TEXTS {
+            state.stored_texts.clear();
+        }
+        state
+            .stored_texts
+            .extend(append.texts.iter().map(|(id, _)| *id));
         if in_order {
             state.context = next_context;
             state.last_at = t;
