@@ -61,7 +61,12 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(levels, samples, window, windows))
 }
 
-async fn run(levels: Vec<usize>, samples: usize, window: u64, windows: usize) -> anyhow::Result<()> {
+async fn run(
+    levels: Vec<usize>,
+    samples: usize,
+    window: u64,
+    windows: usize,
+) -> anyhow::Result<()> {
     println!("## Agent cost per sample\n");
     println!("machine: {}\n", common::machine());
     let max = levels.iter().copied().max().unwrap_or(100);
@@ -260,15 +265,31 @@ async fn measure_level(
     let bin_total = binary.cpu + binary.backend;
     let floor = floor_a.0 + floor_a.1 + floor_b;
     let peer_total = peer.cpu + peer.backend;
-    f.push(("sessions / processes in a snapshot", format!("{} / {}", lib.sessions, lib.processes)));
+    f.push((
+        "sessions / processes in a snapshot",
+        format!("{} / {}", lib.sessions, lib.processes),
+    ));
     f.push(("instance processes in /proc", processes.to_string()));
     f.push(("agent lib: Sampler::sample() CPU", fmt_ms(lib.client)));
     f.push(("agent lib: its backend CPU", fmt_ms(lib.backend)));
-    f.push(("**agent lib + backend**", format!("**{}**", fmt_ms(agent_total))));
+    f.push((
+        "**agent lib + backend**",
+        format!("**{}**", fmt_ms(agent_total)),
+    ));
     f.push(("agent binary: CPU per sample", fmt_ms(binary.cpu)));
     f.push(("agent binary: its backend CPU", fmt_ms(binary.backend)));
-    f.push(("**agent binary + backend**", format!("**{}**", fmt_ms(bin_total))));
-    f.push(("agent binary RSS (peak)", format!("{:.1} MiB ({:.1})", common::mib(binary.rss), common::mib(binary.hwm))));
+    f.push((
+        "**agent binary + backend**",
+        format!("**{}**", fmt_ms(bin_total)),
+    ));
+    f.push((
+        "agent binary RSS (peak)",
+        format!(
+            "{:.1} MiB ({:.1})",
+            common::mib(binary.rss),
+            common::mib(binary.hwm)
+        ),
+    ));
     f.push(("floor (a) client CPU", fmt_ms(floor_a.0)));
     f.push(("floor (a) backend CPU", fmt_ms(floor_a.1)));
     f.push(("floor (b) /proc/PID/stat pass", fmt_ms(floor_b)));
@@ -276,13 +297,34 @@ async fn measure_level(
     f.push(("**floor a + b**", format!("**{}**", fmt_ms(floor))));
     f.push(("pg_activity CPU per refresh", fmt_ms(peer.cpu)));
     f.push(("pg_activity backend CPU", fmt_ms(peer.backend)));
-    f.push(("**pg_activity + backend**", format!("**{}**", fmt_ms(peer_total))));
-    f.push(("pg_activity RSS", format!("{:.1} MiB", common::mib(peer.rss))));
-    f.push(("agent binary+backend / floor", format!("{:.2}×", bin_total / floor)));
-    f.push(("agent lib+backend / floor", format!("{:.2}×", agent_total / floor)));
-    f.push(("agent binary+backend / pg_activity", format!("{:.2}×", bin_total / peer_total.max(1e-9))));
-    f.push(("target: ≤ 15 ms (binary+backend / 15 ms)", format!("{:.2}×", bin_total / 15.0)));
-    f.push(("target: RSS ≤ 20 MiB (peak / 20 MiB)", format!("{:.2}×", common::mib(binary.hwm) / 20.0)));
+    f.push((
+        "**pg_activity + backend**",
+        format!("**{}**", fmt_ms(peer_total)),
+    ));
+    f.push((
+        "pg_activity RSS",
+        format!("{:.1} MiB", common::mib(peer.rss)),
+    ));
+    f.push((
+        "agent binary+backend / floor",
+        format!("{:.2}×", bin_total / floor),
+    ));
+    f.push((
+        "agent lib+backend / floor",
+        format!("{:.2}×", agent_total / floor),
+    ));
+    f.push((
+        "agent binary+backend / pg_activity",
+        format!("{:.2}×", bin_total / peer_total.max(1e-9)),
+    ));
+    f.push((
+        "target: ≤ 15 ms (binary+backend / 15 ms)",
+        format!("{:.2}×", bin_total / 15.0),
+    ));
+    f.push((
+        "target: RSS ≤ 20 MiB (peak / 20 MiB)",
+        format!("{:.2}×", common::mib(binary.hwm) / 20.0),
+    ));
     eprintln!("agent bench: level done");
     Ok(f)
 }
@@ -349,7 +391,10 @@ fn sampler_costs(url: &str, samples: usize) -> anyhow::Result<LibCost> {
     current_thread()?.block_on(async {
         let mut sampler = Sampler::new(InstanceConfig::parse(Some("bench"), url)?, 1024)?;
         sampler.sample().await.context("first sample")?;
-        let (control, conn) = url.parse::<tokio_postgres::Config>()?.connect(NoTls).await?;
+        let (control, conn) = url
+            .parse::<tokio_postgres::Config>()?
+            .connect(NoTls)
+            .await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -387,7 +432,10 @@ fn query_floor(url: &str, samples: usize) -> anyhow::Result<(f64, f64)> {
             let _ = conn.await;
         });
         let row = client
-            .query_one("SELECT current_setting('server_version_num')::int4, pg_backend_pid()", &[])
+            .query_one(
+                "SELECT current_setting('server_version_num')::int4, pg_backend_pid()",
+                &[],
+            )
             .await?;
         let version = row.get::<_, i32>(0) as u32;
         let backend = vec![row.get::<_, i32>(1)];
@@ -501,9 +549,17 @@ async fn agent_binary(
     let backend = backend_of(control, "pgtrail-agent").await?;
     let (mut cpu, mut server) = (Vec::new(), Vec::new());
     for _ in 0..windows {
-        let (c0, b0, s0) = (process_cpu_ns(pid).unwrap_or(0), cpu_of(&backend), acked(&collector));
+        let (c0, b0, s0) = (
+            process_cpu_ns(pid).unwrap_or(0),
+            cpu_of(&backend),
+            acked(&collector),
+        );
         tokio::time::sleep(Duration::from_secs(window)).await;
-        let (c1, b1, s1) = (process_cpu_ns(pid).unwrap_or(0), cpu_of(&backend), acked(&collector));
+        let (c1, b1, s1) = (
+            process_cpu_ns(pid).unwrap_or(0),
+            cpu_of(&backend),
+            acked(&collector),
+        );
         let n = (s1 - s0).max(1) as f64;
         cpu.push(ms(c1 - c0) / n);
         server.push(ms(b1 - b0) / n);
@@ -537,7 +593,18 @@ async fn pg_activity(
         pg.port()
     );
     let status = Command::new("tmux")
-        .args(["-L", &socket, "new-session", "-d", "-s", session, "-x", "200", "-y", "60"])
+        .args([
+            "-L",
+            &socket,
+            "new-session",
+            "-d",
+            "-s",
+            session,
+            "-x",
+            "200",
+            "-y",
+            "60",
+        ])
         .arg(&command)
         .env("TERM", "xterm-256color")
         .status()
@@ -560,7 +627,15 @@ async fn measure_pg_activity(
     windows: usize,
 ) -> anyhow::Result<Windowed> {
     let out = Command::new("tmux")
-        .args(["-L", socket, "list-panes", "-t", session, "-F", "#{pane_pid}"])
+        .args([
+            "-L",
+            socket,
+            "list-panes",
+            "-t",
+            session,
+            "-F",
+            "#{pane_pid}",
+        ])
         .output()?;
     let pane: i32 = String::from_utf8_lossy(&out.stdout)
         .trim()

@@ -141,9 +141,10 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
             ],
         ],
     );
-    if let Some(best) = results.iter().max_by(|a, b| {
-        (a.snapshots as f64 / a.wall).total_cmp(&(b.snapshots as f64 / b.wall))
-    }) {
+    if let Some(best) = results
+        .iter()
+        .max_by(|a, b| (a.snapshots as f64 / a.wall).total_cmp(&(b.snapshots as f64 / b.wall)))
+    {
         let rate = rows(best.snapshots) / best.wall;
         let cpu_per = best.cpu_ns as f64 / best.snapshots as f64;
         println!(

@@ -55,9 +55,7 @@ fn main() -> anyhow::Result<()> {
 fn timeline(end: Micros, days: i64, bulk: i64) -> Vec<Micros> {
     let start = end - days * DAY - HOUR;
     let dense = |t: Micros| {
-        t < start + 2 * HOUR
-            || (t >= end - DAY - HOUR && t < end - DAY + HOUR)
-            || t >= end - HOUR
+        t < start + 2 * HOUR || (t >= end - DAY - HOUR && t < end - DAY + HOUR) || t >= end - HOUR
     };
     let mut out = Vec::new();
     let mut t = start;
@@ -151,7 +149,9 @@ async fn run(
                 to_us: end,
             };
             let (wall, cpu, count) = time_it(runs, || {
-                Ok(history.peaks(scope, &window, Dimension::Unspecified, 0)?.len())
+                Ok(history
+                    .peaks(scope, &window, Dimension::Unspecified, 0)?
+                    .len())
             })?;
             rows.push(row("peaks", n, d, wall, cpu, count, 100.0));
             if n == instances && d == 7 {
@@ -191,7 +191,15 @@ async fn run(
             .map(|i| i.processes.len())
             .sum::<usize>())
     })?;
-    rows.push(row("ps --host db-001 (processes)", 1, days, wall, cpu, count, 50.0));
+    rows.push(row(
+        "ps --host db-001 (processes)",
+        1,
+        days,
+        wall,
+        cpu,
+        count,
+        50.0,
+    ));
     summary.push(("ps one host", 1, wall, 50.0));
     table(
         &[

@@ -163,7 +163,10 @@ fn changed_bytes(
     let mut bytes = 0u64;
     let mut next = HashMap::with_capacity(previous.len());
     for s in &snapshot.sessions {
-        let p = processes.get(&s.pid).map(|p| (*p).clone()).unwrap_or_default();
+        let p = processes
+            .get(&s.pid)
+            .map(|p| (*p).clone())
+            .unwrap_or_default();
         match previous.get(&s.pid) {
             Some((ps, pp)) if ps == s && *pp == p => {}
             Some((ps, pp)) => {
@@ -215,6 +218,6 @@ fn tree_bytes(dir: &Path) -> anyhow::Result<Vec<(String, u64, u64)>> {
             out.push((name, bytes, count));
         }
     }
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|t| std::cmp::Reverse(t.1));
     Ok(out)
 }

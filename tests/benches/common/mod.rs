@@ -78,7 +78,10 @@ pub fn children(pid: i32) -> Vec<i32> {
     if let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) {
         for task in tasks.flatten() {
             if let Ok(text) = fs::read_to_string(task.path().join("children")) {
-                out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                out.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
             }
         }
     }
