@@ -53,6 +53,8 @@ struct InstanceState {
     /// Query texts known to be stored, so a sample passes the store only
     /// texts it may not have (bounded: forgotten all at once when full).
     stored_texts: HashSet<u64>,
+    /// The rollups the last in-order sample wrote, as stored.
+    rollups: Vec<(Resolution, Micros, Rollup)>,
 }
 
 /// How many stored text ids an instance remembers.
@@ -151,6 +153,7 @@ impl Ingestor {
             last_at: self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1),
             facts,
             stored_texts: HashSet::new(),
+            rollups: Vec::new(),
         })
     }
 
@@ -183,7 +186,8 @@ impl Ingestor {
             };
             rollup::sample_rollup(snapshot, &alone)
         };
-        let rollups = self.fold_rollups(state.id, t, &sample_rollup)?;
+        let cache = std::mem::take(&mut state.rollups);
+        let rollups = self.fold_rollups(state.id, cache, t, &sample_rollup)?;
         let mut changes = Changes::default();
         if in_order {
             changes.extend(state.sessions.observe(snapshot));
@@ -230,28 +234,40 @@ impl Ingestor {
         if in_order {
             state.context = next_context;
             state.last_at = t;
+            state.rollups = append.rollups;
+        } else {
+            // A late sample may have rewritten a cached rollup.
+            state.rollups.clear();
         }
         Ok(Outcome::Stored)
     }
 
     /// The minute and hour rollups `t` falls in, with its sample folded in.
+    /// The minute and hour rollups `t` falls in, with its sample folded in.
+    /// The instance's current ones are kept in memory (`cache`), so a
+    /// sample reads the store only when it starts a new minute or hour.
     fn fold_rollups(
         &self,
         id: InstanceId,
+        mut cache: Vec<(Resolution, Micros, Rollup)>,
         t: Micros,
         sample: &Rollup,
     ) -> Result<Vec<(Resolution, Micros, Rollup)>, StoreError> {
-        let minute_start = Resolution::Minute.start_of(t);
-        let mut minute = self
-            .store
-            .rollup(id, Resolution::Minute, minute_start)?
-            .unwrap_or_default();
+        let mut current = |res: Resolution| -> Result<(Micros, Rollup), StoreError> {
+            let start = res.start_of(t);
+            let cached = cache
+                .iter()
+                .position(|(r, s, _)| *r == res && *s == start)
+                .map(|i| cache.swap_remove(i).2);
+            let rollup = match cached {
+                Some(r) => r,
+                None => self.store.rollup(id, res, start)?.unwrap_or_default(),
+            };
+            Ok((start, rollup))
+        };
+        let (minute_start, mut minute) = current(Resolution::Minute)?;
         rollup::fold_into_minute(&mut minute, sample);
-        let hour_start = Resolution::Hour.start_of(t);
-        let mut hour = self
-            .store
-            .rollup(id, Resolution::Hour, hour_start)?
-            .unwrap_or_default();
+        let (hour_start, mut hour) = current(Resolution::Hour)?;
         rollup::merge(&mut hour, sample);
         hour.max_started_per_minute = hour
             .max_started_per_minute
