@@ -1,4 +1,8 @@
 //! Reading one process from `/proc/PID`, split by cost and by privilege.
+//! The files are parsed by hand (no per-line allocation, no parsing of
+//! fields the agent does not use); [`super::ProcessTree`] reads them through
+//! kept-open descriptors, the functions here open and close them for
+//! one-off reads.
 //!
 //! - [`read_stat`]: `stat` and `status`, readable for any process and cheap:
 //!   state, ppid, CPU, RSS, threads, block-IO delay, context switches.
@@ -6,9 +10,10 @@
 //!   `io` and `syscall` need the process's uid or CAP_SYS_PTRACE (plus
 //!   CAP_DAC_READ_SEARCH), and `wchan` of another user's process reads "0";
 //!   what cannot be read is `None` and the details say so (`restricted`).
-//!   A sleeping process whose context-switch counts have not moved has not
-//!   run since it was last read, so its details cannot have changed: the
-//!   caller may reuse them instead of reading four more files.
+//!   A sleeping process whose CPU time (`schedstat`) has not moved has not
+//!   run since it was last read, so its details and context switches cannot
+//!   have changed: the caller may reuse them instead of reading six more
+//!   files.
 //! - [`read_memory`]: PSS and USS from `smaps_rollup`, ~0.4 ms a process,
 //!   so read on a slower cadence.
 
@@ -17,7 +22,8 @@ use std::io::ErrorKind;
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
-use procfs::process::Process;
+
+use super::files::{Name, ProcFiles};
 
 /// The host facts needed to turn `/proc` ticks and pages into time and bytes.
 #[derive(Debug, Clone, Copy)]
@@ -87,62 +93,170 @@ impl Details {
     }
 }
 
-/// Reads `/proc/PID/stat` and `status`. Returns `None` when the process is
-/// gone. The title is `comm` until [`read_details`] gives the full one;
-/// `cpu_pct` and `kind` are left for the caller.
-pub fn read_stat(pid: i32, clock: &Clock) -> Option<pb::Process> {
-    let proc = Process::new(pid).ok()?;
-    let stat = proc.stat().ok()?;
-    let status = proc.status().ok();
-    Some(pb::Process {
-        pid,
-        ppid: stat.ppid,
-        title: stat.comm.clone(),
-        kind: pb::ProcessKind::Unspecified as i32,
-        state: stat.state.to_string(),
-        start_time_us: clock.boot_time + clock.ticks_to_micros(stat.starttime) as Micros,
-        utime_us: Some(clock.ticks_to_micros(stat.utime)),
-        stime_us: Some(clock.ticks_to_micros(stat.stime)),
-        rss_bytes: Some(stat.rss.saturating_mul(clock.page_size)),
-        threads: u32::try_from(stat.num_threads).ok(),
-        blkio_delay_us: stat
-            .delayacct_blkio_ticks
-            .filter(|_| clock.delay_accounting)
-            .map(|t| clock.ticks_to_micros(t)),
-        voluntary_ctxt_switches: status.as_ref().and_then(|s| s.voluntary_ctxt_switches),
-        nonvoluntary_ctxt_switches: status.as_ref().and_then(|s| s.nonvoluntary_ctxt_switches),
-        ..Default::default()
-    })
+/// What the agent takes from `/proc/PID/stat`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub utime: u64,
+    pub stime: u64,
+    pub threads: i64,
+    pub starttime: u64,
+    pub rss_pages: u64,
+    pub blkio_ticks: Option<u64>,
 }
 
-/// Reads `cmdline`, `io`, `wchan`, `syscall` and `oom_score` of `pid`.
-pub fn read_details(pid: i32) -> Details {
-    let dir = format!("/proc/{pid}");
+impl Stat {
+    /// The process as the wire carries it, before details, CPU % and kind.
+    pub fn to_process(&self, pid: i32, clock: &Clock) -> pb::Process {
+        pb::Process {
+            pid,
+            ppid: self.ppid,
+            title: self.comm.clone(),
+            kind: pb::ProcessKind::Unspecified as i32,
+            state: self.state.to_string(),
+            start_time_us: self.start_time_us(clock),
+            utime_us: Some(clock.ticks_to_micros(self.utime)),
+            stime_us: Some(clock.ticks_to_micros(self.stime)),
+            rss_bytes: Some(self.rss_pages.saturating_mul(clock.page_size)),
+            threads: u32::try_from(self.threads).ok(),
+            blkio_delay_us: self
+                .blkio_ticks
+                .filter(|_| clock.delay_accounting)
+                .map(|t| clock.ticks_to_micros(t)),
+            ..Default::default()
+        }
+    }
+
+    /// The start time, microseconds since the epoch.
+    pub fn start_time_us(&self, clock: &Clock) -> Micros {
+        clock.boot_time + clock.ticks_to_micros(self.starttime) as Micros
+    }
+}
+
+/// Parses `/proc/PID/stat`. The command name may hold spaces and
+/// parentheses, so the fields start after the last `)`.
+pub(super) fn parse_stat(raw: &[u8]) -> Option<Stat> {
+    let open = raw.iter().position(|&b| b == b'(')?;
+    let close = raw.iter().rposition(|&b| b == b')')?;
+    if close < open {
+        return None;
+    }
+    let rest = std::str::from_utf8(&raw[close + 1..]).ok()?;
+    let mut stat = Stat {
+        comm: String::from_utf8_lossy(&raw[open + 1..close]).into_owned(),
+        state: '?',
+        ppid: 0,
+        utime: 0,
+        stime: 0,
+        threads: 0,
+        starttime: 0,
+        rss_pages: 0,
+        blkio_ticks: None,
+    };
+    let mut last = 0;
+    // Field numbers as in proc(5): the state is the third.
+    for (field, value) in (3..).zip(rest.split_ascii_whitespace()) {
+        last = field;
+        match field {
+            3 => stat.state = value.chars().next()?,
+            4 => stat.ppid = value.parse().ok()?,
+            14 => stat.utime = value.parse().ok()?,
+            15 => stat.stime = value.parse().ok()?,
+            20 => stat.threads = value.parse().ok()?,
+            22 => stat.starttime = value.parse().ok()?,
+            24 => stat.rss_pages = value.parse().ok()?,
+            42 => {
+                stat.blkio_ticks = value.parse().ok();
+                break;
+            }
+            _ => {}
+        }
+    }
+    (last >= 24).then_some(stat)
+}
+
+/// The CPU time of a process's main thread in nanoseconds, from
+/// `/proc/PID/schedstat`; it moves whenever the thread runs at all, even
+/// for less than a clock tick. `None` when the kernel keeps no scheduler
+/// statistics (all zeros).
+pub(super) fn parse_schedstat(raw: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let ns: u64 = text.split_ascii_whitespace().next()?.parse().ok()?;
+    (ns > 0).then_some(ns)
+}
+
+/// The voluntary and non-voluntary context switches in `/proc/PID/status`.
+pub(super) fn parse_switches(raw: &[u8]) -> (Option<u64>, Option<u64>) {
+    let text = String::from_utf8_lossy(raw);
+    let (mut voluntary, mut nonvoluntary) = (None, None);
+    // They are the last lines of the file.
+    for line in text.lines().rev() {
+        if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+            voluntary = v.trim().parse().ok();
+        } else if let Some(v) = line.strip_prefix("nonvoluntary_ctxt_switches:") {
+            nonvoluntary = v.trim().parse().ok();
+        }
+        if voluntary.is_some() && nonvoluntary.is_some() {
+            break;
+        }
+    }
+    (voluntary, nonvoluntary)
+}
+
+/// Reads `stat` through `files`; `None` when the process is gone.
+pub(super) fn stat_of(files: &mut ProcFiles, buf: &mut Vec<u8>) -> Option<Stat> {
+    let n = files.read(Name::Stat, buf).ok()?;
+    parse_stat(&buf[..n])
+}
+
+/// Reads the context switches from `status` through `files`.
+pub(super) fn switches_of(files: &mut ProcFiles, buf: &mut Vec<u8>) -> (Option<u64>, Option<u64>) {
+    match files.read(Name::Status, buf) {
+        Ok(n) => parse_switches(&buf[..n]),
+        Err(_) => (None, None),
+    }
+}
+
+/// Reads the main thread's CPU nanoseconds from `schedstat` through `files`.
+pub(super) fn runtime_of(files: &mut ProcFiles, buf: &mut Vec<u8>) -> Option<u64> {
+    let n = files.read(Name::Schedstat, buf).ok()?;
+    parse_schedstat(&buf[..n])
+}
+
+/// Reads `cmdline`, `io`, `wchan`, `syscall` and `oom_score` through
+/// `files`.
+pub(super) fn details_of(files: &mut ProcFiles, buf: &mut Vec<u8>) -> Details {
     let mut restricted = false;
-    let mut read = |name: &str| match fs::read(format!("{dir}/{name}")) {
-        Ok(bytes) => Some(bytes),
+    let mut read = |name: Name, buf: &mut Vec<u8>| match files.read(name, buf) {
+        Ok(n) => Some(n),
         Err(e) => {
             restricted |= e.kind() == ErrorKind::PermissionDenied;
             None
         }
     };
-    let title = read("cmdline").and_then(|raw| title_of(&raw));
-    let io = read("io").map(|raw| String::from_utf8_lossy(&raw).into_owned());
-    let field = |name: &str| {
-        io.as_deref()?
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+    let title = read(Name::Cmdline, buf).and_then(|n| title_of(&buf[..n]));
+    let (read_bytes, write_bytes) = match read(Name::Io, buf) {
+        Some(n) => {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            let field = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+            };
+            (field("read_bytes:"), field("write_bytes:"))
+        }
+        None => (None, None),
     };
-    let (read_bytes, write_bytes) = (field("read_bytes:"), field("write_bytes:"));
-    let syscall_raw = read("syscall");
-    let syscall = syscall_raw.as_deref().and_then(parse_syscall);
-    let oom_score =
-        read("oom_score").and_then(|raw| String::from_utf8_lossy(&raw).trim().parse().ok());
+    let syscall_read = read(Name::Syscall, buf);
+    let syscall = syscall_read.and_then(|n| parse_syscall(&buf[..n]));
+    let oom_score = read(Name::OomScore, buf)
+        .and_then(|n| String::from_utf8_lossy(&buf[..n]).trim().parse().ok());
     // "0" means running, or (for a process we may not trace) hidden; when
     // `syscall` was refused, the wchan of a sleeper is hidden too.
-    let wchan = read("wchan")
-        .map(|raw| String::from_utf8_lossy(&raw).trim().to_string())
-        .filter(|w| !w.is_empty() && w != "0" && syscall_raw.is_some());
+    let wchan = read(Name::Wchan, buf)
+        .map(|n| String::from_utf8_lossy(&buf[..n]).trim().to_string())
+        .filter(|w| !w.is_empty() && w != "0" && syscall_read.is_some());
     Details {
         title,
         read_bytes,
@@ -152,6 +266,22 @@ pub fn read_details(pid: i32) -> Details {
         oom_score,
         restricted,
     }
+}
+
+/// Reads `/proc/PID/stat` and `status`. Returns `None` when the process is
+/// gone. The title is `comm` until [`read_details`] gives the full one;
+/// `cpu_pct` and `kind` are left for the caller.
+pub fn read_stat(pid: i32, clock: &Clock) -> Option<pb::Process> {
+    let mut files = ProcFiles::transient(pid);
+    let mut buf = Vec::new();
+    let mut p = stat_of(&mut files, &mut buf)?.to_process(pid, clock);
+    (p.voluntary_ctxt_switches, p.nonvoluntary_ctxt_switches) = switches_of(&mut files, &mut buf);
+    Some(p)
+}
+
+/// Reads `cmdline`, `io`, `wchan`, `syscall` and `oom_score` of `pid`.
+pub fn read_details(pid: i32) -> Details {
+    details_of(&mut ProcFiles::transient(pid), &mut Vec::new())
 }
 
 /// PSS and USS (`Private_Clean + Private_Dirty`) of `pid` in bytes, from
@@ -178,8 +308,11 @@ pub fn read_memory(pid: i32) -> Result<(u64, u64), bool> {
 /// Reads everything about `pid` but its memory: [`read_stat`] plus
 /// [`read_details`]. Returns `None` when the process is gone.
 pub fn read_process(pid: i32, clock: &Clock) -> Option<pb::Process> {
-    let mut p = read_stat(pid, clock)?;
-    read_details(pid).apply(&mut p);
+    let mut files = ProcFiles::transient(pid);
+    let mut buf = Vec::new();
+    let mut p = stat_of(&mut files, &mut buf)?.to_process(pid, clock);
+    (p.voluntary_ctxt_switches, p.nonvoluntary_ctxt_switches) = switches_of(&mut files, &mut buf);
+    details_of(&mut files, &mut buf).apply(&mut p);
     Some(p)
 }
 
@@ -253,6 +386,45 @@ mod tests {
         );
         assert_eq!(parse_syscall(b"running\n"), None);
         assert_eq!(parse_syscall(b"-1 0x7ffd 0x7fda\n"), None);
+    }
+
+    #[test]
+    fn stat_parses_after_the_last_parenthesis() {
+        let raw = b"4242 (postgres: a) (b) c) S 17 4242 4242 0 -1 4194560 100 0 0 0 \
+            250 75 0 0 20 0 1 0 123456 220000000 3000 18446744073709551615 1 1 0 0 0 0 0 \
+            4096 0 0 0 0 17 1 0 0 9 0 0 0 0 0 0 0 0 0 0\n";
+        let stat = parse_stat(raw).unwrap();
+        assert_eq!(stat.comm, "postgres: a) (b) c");
+        assert_eq!(stat.state, 'S');
+        assert_eq!(stat.ppid, 17);
+        assert_eq!((stat.utime, stat.stime), (250, 75));
+        assert_eq!(stat.threads, 1);
+        assert_eq!(stat.starttime, 123456);
+        assert_eq!(stat.rss_pages, 3000);
+        assert_eq!(stat.blkio_ticks, Some(9));
+        assert_eq!(parse_stat(b"1 (x) S 0 0"), None, "truncated");
+        assert_eq!(parse_stat(b"garbage"), None);
+    }
+
+    #[test]
+    fn stat_agrees_with_procfs() {
+        let me = std::process::id() as i32;
+        let raw = fs::read(format!("/proc/{me}/stat")).unwrap();
+        let ours = parse_stat(&raw).unwrap();
+        let theirs = procfs::process::Process::myself().unwrap().stat().unwrap();
+        assert_eq!(ours.comm, theirs.comm);
+        assert_eq!(ours.ppid, theirs.ppid);
+        assert_eq!(ours.starttime, theirs.starttime);
+        assert_eq!(ours.blkio_ticks, theirs.delayacct_blkio_ticks);
+    }
+
+    #[test]
+    fn status_and_schedstat_parse() {
+        let status = b"Name:\tx\nThreads:\t1\nvoluntary_ctxt_switches:\t67\nnonvoluntary_ctxt_switches:\t21\n";
+        assert_eq!(parse_switches(status), (Some(67), Some(21)));
+        assert_eq!(parse_switches(b"Name:\tx\n"), (None, None));
+        assert_eq!(parse_schedstat(b"27609622 12478261 88\n"), Some(27609622));
+        assert_eq!(parse_schedstat(b"0 0 0\n"), None);
     }
 
     #[test]

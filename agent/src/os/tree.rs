@@ -1,12 +1,20 @@
 //! The postmaster and its children, with CPU % between samples.
 //!
-//! The tree remembers what it read of each process (keyed by pid and start
-//! time). Every sample reads each process's `stat` and `status`; the four
-//! files of [`read_details`] only when the process may have run since
-//! (its context-switch counts moved, or it is running or in disk wait), and
-//! `smaps_rollup` on a slower cadence, spread over the samples so that no
-//! one sample pays for every process. Between two memory reads a process
-//! carries the last PSS/USS read.
+//! The tree keeps each process's `/proc` files open (keyed by pid; a
+//! descriptor fails once its process is gone, and a pid whose start time
+//! changed is a new process) and re-reads them with `pread`. Every sample
+//! reads each process's `stat` (state, CPU, RSS, threads, block-IO delay)
+//! and `schedstat` (its main thread's CPU time in nanoseconds, which moves
+//! whenever it runs at all). `status` (context switches) and the five files
+//! of [`read_details`](super::read_details) are read only when the process
+//! may have run since (running or in disk wait, state, CPU ticks or
+//! `schedstat` moved); otherwise the last values are reused, and they are
+//! exact, since a process that did not run did not change them. Without
+//! `schedstat` (a kernel without scheduler statistics) `status` is read
+//! every sample and its context switches decide. `smaps_rollup` is read on
+//! a slower cadence, spread over the samples so that no one sample pays for
+//! every process; between two memory reads a process carries the last
+//! PSS/USS read.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -15,20 +23,33 @@ use pgtrail_proto::pb;
 use pgtrail_proto::time::{from_duration, Micros};
 use procfs::process::Process;
 
+use super::files::ProcFiles;
 use super::kind::kind_from_title;
-use super::process::{read_details, read_memory, read_stat, Clock, Details};
+use super::process::{details_of, read_memory, runtime_of, stat_of, switches_of, Clock, Details};
 
 /// What the tree remembers of one process between samples.
 #[derive(Debug, Clone)]
 struct Seen {
     start: Micros,
+    /// utime + stime, microseconds (from clock ticks).
     cpu: u64,
+    /// The main thread's CPU time from `schedstat`, nanoseconds.
+    runtime: Option<u64>,
     at: Micros,
-    state: String,
+    state: char,
     switches: (Option<u64>, Option<u64>),
     details: Details,
     /// PSS and USS, and when they were read; `None` inside when refused.
     memory: Option<(Option<(u64, u64)>, Micros)>,
+}
+
+/// One process: its open files and what was read last.
+#[derive(Debug)]
+struct Entry {
+    files: ProcFiles,
+    seen: Option<Seen>,
+    /// The sample that last listed it.
+    pass: u64,
 }
 
 /// What one pass could not read.
@@ -46,7 +67,10 @@ pub struct Visibility {
 #[derive(Debug)]
 pub struct ProcessTree {
     clock: Clock,
-    previous: HashMap<i32, Seen>,
+    entries: HashMap<i32, Entry>,
+    pass: u64,
+    /// One buffer for every read.
+    buf: Vec<u8>,
     /// How often each process's memory is read, and the sample interval.
     memory_every: Option<(Micros, Micros)>,
     visibility: Visibility,
@@ -61,7 +85,9 @@ impl ProcessTree {
     pub fn new(clock: Clock) -> Self {
         Self {
             clock,
-            previous: HashMap::new(),
+            entries: HashMap::new(),
+            pass: 0,
+            buf: vec![0; 4096],
             memory_every: None,
             visibility: Visibility::default(),
             details_reused: 0,
@@ -93,50 +119,101 @@ impl ProcessTree {
     /// Reads the postmaster `postmaster` and every process whose parent it
     /// is. Returns `None` when the postmaster is gone.
     pub fn sample(&mut self, postmaster: i32, now: Micros) -> Option<Vec<pb::Process>> {
-        let mut root = read_stat(postmaster, &self.clock)?;
-        root.kind = pb::ProcessKind::Postmaster as i32;
-        let mut processes = vec![root];
-        for pid in children(postmaster) {
-            let Some(p) = read_stat(pid, &self.clock) else {
+        self.pass += 1;
+        let kids = children(postmaster);
+        let mut processes = Vec::with_capacity(kids.len() + 1);
+        let mut read = Vec::with_capacity(kids.len() + 1);
+        for pid in std::iter::once(postmaster).chain(kids) {
+            let entry = self.entries.entry(pid).or_insert_with(|| Entry {
+                files: ProcFiles::kept(pid),
+                seen: None,
+                pass: 0,
+            });
+            let mut stat = stat_of(&mut entry.files, &mut self.buf);
+            if stat.is_none() && entry.seen.is_some() {
+                // The files were another process's, now gone: try afresh.
+                *entry = Entry {
+                    files: ProcFiles::kept(pid),
+                    seen: None,
+                    pass: 0,
+                };
+                stat = stat_of(&mut entry.files, &mut self.buf);
+            }
+            let Some(stat) = stat else {
+                self.entries.remove(&pid);
+                if pid == postmaster {
+                    return None;
+                }
                 continue; // exited while we looked
             };
-            if p.ppid != postmaster {
+            if pid != postmaster && stat.ppid != postmaster {
+                self.entries.remove(&pid);
                 continue; // the pid was reused by something else
             }
+            let start = stat.start_time_us(&self.clock);
+            if entry.seen.as_ref().is_some_and(|s| s.start != start) {
+                entry.seen = None; // a new process under the same pid
+            }
+            entry.pass = self.pass;
+            let runtime = runtime_of(&mut entry.files, &mut self.buf);
+            let mut p = stat.to_process(pid, &self.clock);
+            if pid == postmaster {
+                p.kind = pb::ProcessKind::Postmaster as i32;
+            }
             processes.push(p);
+            read.push((stat, runtime));
         }
+        self.entries.retain(|_, e| e.pass == self.pass);
+
         let due = self.memory_due(&processes, now);
-        let mut current = HashMap::with_capacity(processes.len());
         let mut visibility = Visibility {
             processes: processes.len(),
             restricted: 0,
         };
-        for p in &mut processes {
+        for (p, (stat, runtime)) in processes.iter_mut().zip(read) {
+            let entry = self.entries.get_mut(&p.pid).expect("listed above");
             let cpu = p.utime_us.unwrap_or(0) + p.stime_us.unwrap_or(0);
-            let switches = (p.voluntary_ctxt_switches, p.nonvoluntary_ctxt_switches);
-            let before = self
-                .previous
-                .remove(&p.pid)
-                .filter(|s| s.start == p.start_time_us);
+            let before = entry.seen.take();
             if let Some(s) = &before {
                 if now > s.at {
                     let pct = cpu.saturating_sub(s.cpu) as f64 * 100.0 / (now - s.at) as f64;
                     p.cpu_pct = Some(pct as f32);
                 }
             }
-            let details = match &before {
-                Some(s) if !ran_since(s, &p.state, switches) => {
+            let mut memory = before.as_ref().and_then(|s| s.memory);
+            // Not running, same state, same CPU ticks: it has not run since
+            // if its main thread's nanoseconds (or, without them, its
+            // context switches) did not move either.
+            let still = before.as_ref().is_some_and(|s| {
+                !matches!(stat.state, 'R' | 'D') && s.state == stat.state && s.cpu == cpu
+            });
+            let (switches, details) = match before {
+                Some(s) if still && runtime.is_some() && s.runtime == runtime => {
                     self.details_reused += 1;
-                    s.details.clone()
+                    (s.switches, s.details)
                 }
-                _ => read_details(p.pid),
+                before => {
+                    let switches = switches_of(&mut entry.files, &mut self.buf);
+                    match before {
+                        Some(s)
+                            if still
+                                && runtime.is_none()
+                                && switches.0.is_some()
+                                && switches == s.switches =>
+                        {
+                            self.details_reused += 1;
+                            (switches, s.details)
+                        }
+                        _ => (switches, details_of(&mut entry.files, &mut self.buf)),
+                    }
+                }
             };
+            (p.voluntary_ctxt_switches, p.nonvoluntary_ctxt_switches) = switches;
             details.apply(p);
             if p.kind != pb::ProcessKind::Postmaster as i32 {
                 p.kind = kind_from_title(&p.title) as i32;
             }
-            let mut memory = before.as_ref().and_then(|s| s.memory);
-            if due.contains(&p.pid) {
+            if due.binary_search(&p.pid).is_ok() {
                 memory = Some((read_memory(p.pid).map_err(|_| ()).ok(), now));
             }
             let mut restricted = details.restricted;
@@ -152,27 +229,24 @@ impl ProcessTree {
             if restricted {
                 visibility.restricted += 1;
             }
-            current.insert(
-                p.pid,
-                Seen {
-                    start: p.start_time_us,
-                    cpu,
-                    at: now,
-                    state: p.state.clone(),
-                    switches,
-                    details,
-                    memory,
-                },
-            );
+            entry.seen = Some(Seen {
+                start: p.start_time_us,
+                cpu,
+                runtime,
+                at: now,
+                state: stat.state,
+                switches,
+                details,
+                memory,
+            });
         }
-        self.previous = current;
         self.visibility = visibility;
         Some(processes)
     }
 
-    /// The pids whose memory this sample reads: those never read or read
-    /// longer than the cadence ago, least recently read first, at most the
-    /// share of the tree that keeps the cost even across samples.
+    /// The pids whose memory this sample reads (sorted): those never read or
+    /// read longer than the cadence ago, least recently read first, at most
+    /// the share of the tree that keeps the cost even across samples.
     fn memory_due(&self, processes: &[pb::Process], now: Micros) -> Vec<i32> {
         let Some((every, interval)) = self.memory_every else {
             return Vec::new();
@@ -181,8 +255,9 @@ impl ProcessTree {
             .iter()
             .filter_map(|p| {
                 let last = self
-                    .previous
+                    .entries
                     .get(&p.pid)
+                    .and_then(|e| e.seen.as_ref())
                     .filter(|s| s.start == p.start_time_us)
                     .and_then(|s| s.memory)
                     .map_or(Micros::MIN, |(_, at)| at);
@@ -191,20 +266,17 @@ impl ProcessTree {
             .collect();
         due.sort_unstable();
         let share = ((processes.len() as i64 * interval + every - 1) / every).max(1) as usize;
-        due.into_iter().take(share).map(|(_, pid)| pid).collect()
+        let mut pids: Vec<i32> = due.into_iter().take(share).map(|(_, pid)| pid).collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// How many descriptors the tree holds open.
+    #[cfg(test)]
+    fn open_files(&self) -> usize {
+        self.entries.values().map(|e| e.files.open_count()).sum()
     }
 }
-
-/// Whether a process may have run since it was last read: it is running or
-/// in disk wait, its state changed, or it switched context (a sleeper that
-/// woke and slept again switched at least once). Unknown counts as yes.
-fn ran_since(seen: &Seen, state: &str, switches: (Option<u64>, Option<u64>)) -> bool {
-    matches!(state, "R" | "D")
-        || seen.state != state
-        || switches.0.is_none()
-        || switches != seen.switches
-}
-
 /// The children of `parent`: from `/proc/PID/task/*/children` when the
 /// kernel has it (CONFIG_PROC_CHILDREN), else by scanning every process's
 /// parent.
@@ -275,7 +347,11 @@ mod tests {
         let find = |ps: Vec<pb::Process>| ps.into_iter().find(|p| p.pid == child.id() as i32);
         let first = find(tree.sample(me, now).unwrap()).expect("child listed");
         let reused = tree.details_reused();
-        let later = find(tree.sample(me, now + 1_000_000).unwrap()).expect("child listed");
+        // Half the tree's memory is read per sample, least recently read
+        // first: the child within two samples, then carried one more.
+        let samples: Vec<pb::Process> = (1..=2)
+            .map(|i| find(tree.sample(me, now + i * 1_000_000).unwrap()).expect("child listed"))
+            .collect();
         child.kill().unwrap();
         child.wait().unwrap();
 
@@ -283,13 +359,42 @@ mod tests {
             first.syscall.is_some() && first.wchan.is_some(),
             "{first:?}"
         );
-        assert!(first.pss_bytes.is_some() && first.uss_bytes.is_some());
         assert!(tree.details_reused() > reused, "the sleeper was read again");
+        let later = &samples[0];
         assert_eq!(later.syscall, first.syscall);
         assert_eq!(later.title, "sleep 30");
-        // Carried from the first read until the cadence comes round.
-        assert_eq!(later.pss_bytes, first.pss_bytes);
+        let (read, carried) = if first.pss_bytes.is_some() {
+            (&first, later)
+        } else {
+            (&samples[0], &samples[1])
+        };
+        assert!(read.pss_bytes.is_some() && read.uss_bytes.is_some());
+        // Carried from the read until the cadence comes round.
+        assert_eq!(carried.pss_bytes, read.pss_bytes);
         assert_eq!(tree.visibility().restricted, 0);
+    }
+
+    #[test]
+    fn files_of_a_finished_process_are_closed() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let me = std::process::id() as i32;
+        let mut tree = ProcessTree::new(Clock::read().unwrap());
+        let now = pgtrail_proto::time::now();
+        tree.sample(me, now).unwrap();
+        let with_child = tree.open_files();
+        assert!(tree.entries.contains_key(&(child.id() as i32)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let after = tree.sample(me, now + 1_000_000).unwrap();
+        assert!(after.iter().all(|p| p.pid != child.id() as i32));
+        assert!(!tree.entries.contains_key(&(child.id() as i32)));
+        assert!(
+            tree.open_files() < with_child,
+            "{} -> {}",
+            with_child,
+            tree.open_files()
+        );
     }
 
     #[test]
