@@ -11,13 +11,18 @@
 //! `schedstat` moved); otherwise the last values are reused, and they are
 //! exact, since a process that did not run did not change them. Without
 //! `schedstat` (a kernel without scheduler statistics) `status` is read
-//! every sample and its context switches decide. `smaps_rollup` is read on
-//! a slower cadence, spread over the samples so that no one sample pays for
-//! every process; between two memory reads a process carries the last
-//! PSS/USS read.
+//! every sample and its context switches decide.
+//!
+//! `smaps_rollup` (about 0.4 ms per backend) is read on a slower cadence,
+//! spread over the samples so that no one sample pays for every process,
+//! and within a budget of reading time per sample; a process that has not
+//! run and whose RSS has not moved since its last memory read is skipped
+//! (its USS cannot have changed; its PSS moves only as other processes map
+//! or unmap pages it shares) for up to ten cadences. Between two memory
+//! reads a process carries the last PSS/USS read.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{from_duration, Micros};
@@ -25,7 +30,9 @@ use procfs::process::Process;
 
 use super::files::ProcFiles;
 use super::kind::kind_from_title;
-use super::process::{details_of, read_memory, runtime_of, stat_of, switches_of, Clock, Details};
+use super::process::{
+    details_of, read_memory, runtime_of, stat_of, switches_of, Clock, Details, Stat,
+};
 
 /// What the tree remembers of one process between samples.
 #[derive(Debug, Clone)]
@@ -39,9 +46,31 @@ struct Seen {
     state: char,
     switches: (Option<u64>, Option<u64>),
     details: Details,
-    /// PSS and USS, and when they were read; `None` inside when refused.
-    memory: Option<(Option<(u64, u64)>, Micros)>,
+    /// The last PSS/USS read, if any.
+    memory: Option<Memory>,
 }
+
+/// One read of `smaps_rollup`.
+#[derive(Debug, Clone, Copy)]
+struct Memory {
+    /// PSS and USS; `None` when refused.
+    value: Option<(u64, u64)>,
+    /// When it was read.
+    at: Micros,
+    /// The process's `schedstat` runtime and RSS when it was read: while
+    /// neither moves, its private memory has not changed.
+    runtime: Option<u64>,
+    rss: Option<u64>,
+}
+
+/// A process that has not run and whose RSS has not moved keeps its PSS/USS
+/// for up to this many `pss_interval`s.
+const MEMORY_MAX_AGE: i64 = 10;
+
+/// Wall time one sample may spend reading `smaps_rollup` (at least one
+/// read per sample): about 0.4 ms per PostgreSQL backend, so at a thousand
+/// backends a 30 s cadence alone would cost 13 ms a sample.
+const MEMORY_BUDGET: Duration = Duration::from_millis(2);
 
 /// One process: its open files and what was read last.
 #[derive(Debug)]
@@ -73,6 +102,8 @@ pub struct ProcessTree {
     buf: Vec<u8>,
     /// How often each process's memory is read, and the sample interval.
     memory_every: Option<(Micros, Micros)>,
+    /// Reading time allowed for `smaps_rollup` per sample.
+    memory_budget: Duration,
     visibility: Visibility,
     /// Detail reads skipped since the tree was made (the process had not
     /// run).
@@ -89,6 +120,7 @@ impl ProcessTree {
             pass: 0,
             buf: vec![0; 4096],
             memory_every: None,
+            memory_budget: MEMORY_BUDGET,
             visibility: Visibility::default(),
             details_reused: 0,
         }
@@ -165,7 +197,7 @@ impl ProcessTree {
         }
         self.entries.retain(|_, e| e.pass == self.pass);
 
-        let due = self.memory_due(&processes, now);
+        let fresh = self.read_memory_due(&processes, &read, now);
         let mut visibility = Visibility {
             processes: processes.len(),
             restricted: 0,
@@ -181,6 +213,14 @@ impl ProcessTree {
                 }
             }
             let mut memory = before.as_ref().and_then(|s| s.memory);
+            if let Ok(i) = fresh.binary_search_by_key(&p.pid, |(pid, _)| *pid) {
+                memory = Some(Memory {
+                    value: fresh[i].1,
+                    at: now,
+                    runtime,
+                    rss: p.rss_bytes,
+                });
+            }
             // Not running, same state, same CPU ticks: it has not run since
             // if its main thread's nanoseconds (or, without them, its
             // context switches) did not move either.
@@ -213,11 +253,8 @@ impl ProcessTree {
             if p.kind != pb::ProcessKind::Postmaster as i32 {
                 p.kind = kind_from_title(&p.title) as i32;
             }
-            if due.binary_search(&p.pid).is_ok() {
-                memory = Some((read_memory(p.pid).map_err(|_| ()).ok(), now));
-            }
             let mut restricted = details.restricted;
-            if let Some((value, _)) = memory {
+            if let Some(Memory { value, .. }) = memory {
                 match value {
                     Some((pss, uss)) => {
                         p.pss_bytes = Some(pss);
@@ -244,31 +281,58 @@ impl ProcessTree {
         Some(processes)
     }
 
-    /// The pids whose memory this sample reads (sorted): those never read or
-    /// read longer than the cadence ago, least recently read first, at most
-    /// the share of the tree that keeps the cost even across samples.
-    fn memory_due(&self, processes: &[pb::Process], now: Micros) -> Vec<i32> {
+    /// Reads the PSS/USS of the processes due, and returns them by pid
+    /// (sorted). Due are, in this order: those never read; those read
+    /// longer than the cadence ago that ran or whose RSS moved since; those
+    /// read longer than [`MEMORY_MAX_AGE`] cadences ago. At most the share of
+    /// the tree that keeps the cost even across samples, and at most
+    /// [`MEMORY_BUDGET`] of reading.
+    fn read_memory_due(
+        &self,
+        processes: &[pb::Process],
+        read: &[(Stat, Option<u64>)],
+        now: Micros,
+    ) -> Vec<(i32, Option<(u64, u64)>)> {
         let Some((every, interval)) = self.memory_every else {
             return Vec::new();
         };
-        let mut due: Vec<(Micros, i32)> = processes
+        let stale = every - interval / 2;
+        let mut due: Vec<(u8, Micros, i32)> = processes
             .iter()
-            .filter_map(|p| {
+            .zip(read)
+            .filter_map(|(p, (_, runtime))| {
                 let last = self
                     .entries
                     .get(&p.pid)
                     .and_then(|e| e.seen.as_ref())
                     .filter(|s| s.start == p.start_time_us)
-                    .and_then(|s| s.memory)
-                    .map_or(Micros::MIN, |(_, at)| at);
-                (last == Micros::MIN || now - last >= every - interval / 2).then_some((last, p.pid))
+                    .and_then(|s| s.memory);
+                let Some(m) = last else {
+                    return Some((0, Micros::MIN, p.pid));
+                };
+                let age = now - m.at;
+                let moved = runtime.is_none() || m.runtime != *runtime || m.rss != p.rss_bytes;
+                if age >= stale && moved {
+                    Some((1, m.at, p.pid))
+                } else if age >= MEMORY_MAX_AGE * every - interval / 2 {
+                    Some((2, m.at, p.pid))
+                } else {
+                    None
+                }
             })
             .collect();
         due.sort_unstable();
         let share = ((processes.len() as i64 * interval + every - 1) / every).max(1) as usize;
-        let mut pids: Vec<i32> = due.into_iter().take(share).map(|(_, pid)| pid).collect();
-        pids.sort_unstable();
-        pids
+        let started = Instant::now();
+        let mut fresh = Vec::new();
+        for (_, _, pid) in due.into_iter().take(share) {
+            if !fresh.is_empty() && started.elapsed() >= self.memory_budget {
+                break;
+            }
+            fresh.push((pid, read_memory(pid).ok()));
+        }
+        fresh.sort_unstable_by_key(|(pid, _)| *pid);
+        fresh
     }
 
     /// How many descriptors the tree holds open.
@@ -316,6 +380,8 @@ mod tests {
     #[test]
     fn finds_children_and_their_cpu() {
         let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        // spawn() returns before exec has set up the child's arguments.
+        std::thread::sleep(std::time::Duration::from_millis(100));
         let me = std::process::id() as i32;
         let mut tree = ProcessTree::new(Clock::read().unwrap());
         let now = pgtrail_proto::time::now();
@@ -343,6 +409,7 @@ mod tests {
         let me = std::process::id() as i32;
         let second = std::time::Duration::from_secs(1);
         let mut tree = ProcessTree::new(Clock::read().unwrap()).memory_every(2 * second, second);
+        tree.memory_budget = std::time::Duration::from_secs(60);
         let now = pgtrail_proto::time::now();
         let find = |ps: Vec<pb::Process>| ps.into_iter().find(|p| p.pid == child.id() as i32);
         let first = find(tree.sample(me, now).unwrap()).expect("child listed");
@@ -372,6 +439,34 @@ mod tests {
         // Carried from the read until the cadence comes round.
         assert_eq!(carried.pss_bytes, read.pss_bytes);
         assert_eq!(tree.visibility().restricted, 0);
+    }
+
+    #[test]
+    fn memory_of_a_process_that_did_not_move_is_kept_up_to_the_maximum_age() {
+        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let pid = child.id() as i32;
+        let me = std::process::id() as i32;
+        let second = std::time::Duration::from_secs(1);
+        // Every process is due every sample, as far as the share goes.
+        let mut tree = ProcessTree::new(Clock::read().unwrap()).memory_every(second, second);
+        tree.memory_budget = std::time::Duration::from_secs(60);
+        let t = pgtrail_proto::time::now();
+        let read_at = |tree: &ProcessTree| {
+            let seen = tree.entries[&pid].seen.as_ref().unwrap();
+            seen.memory.unwrap().at
+        };
+        tree.sample(me, t).unwrap();
+        assert_eq!(read_at(&tree), t);
+        // The sleeper did not run: kept although the cadence came round.
+        tree.sample(me, t + 5_000_000).unwrap();
+        assert_eq!(read_at(&tree), t);
+        // Until the maximum age.
+        let old = t + MEMORY_MAX_AGE * 1_000_000;
+        tree.sample(me, old).unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(read_at(&tree), old);
     }
 
     #[test]
