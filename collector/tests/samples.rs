@@ -99,3 +99,34 @@ async fn every_sample_comes_back_whole() {
         );
     }
 }
+
+#[tokio::test]
+async fn long_windows_are_widened_to_whole_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::open(dir.path()).unwrap();
+    // 30 sessions 10 s into a minute, 20 at its end.
+    collector
+        .ingestor()
+        .ingest("db", &sample(10))
+        .await
+        .unwrap();
+    let mut later = sample(59);
+    later.sessions.truncate(20);
+    collector.ingestor().ingest("db", &later).await.unwrap();
+    let peak = |from: Micros, to: Micros| {
+        let w = pb::Window {
+            from_us: from,
+            to_us: to,
+        };
+        let peaks = collector
+            .history()
+            .peaks(&pb::Scope::default(), &w, pb::Dimension::Unspecified, 0)
+            .unwrap();
+        peaks.first().map(|p| p.total)
+    };
+    let first = sample(10).sessions.len() as u32;
+    // Under an hour: exact, so the first sample is outside.
+    assert_eq!(peak(T0 + 20 * SECOND, T0 + 1800 * SECOND), Some(20));
+    // Longer: the window starts at its minute, and the first sample counts.
+    assert_eq!(peak(T0 + 20 * SECOND, T0 + 7200 * SECOND), Some(first));
+}

@@ -1,13 +1,18 @@
 //! Assembling a window from the coarsest pieces that fit: hour rollups for
 //! whole hours, minute rollups for whole minutes, and raw samples (each
 //! folded into a one-sample rollup) for the partial minutes at the edges.
-//! A week costs 168 hour records, up to 118 minute records and up to 120
-//! samples per instance, however many samples it holds.
+//! A window longer than [`EXACT_UP_TO`] is widened to whole minutes, so it
+//! reads no raw samples at all: a week costs 168 hour records and up to
+//! 118 minute records per instance, however many samples it holds.
 
 use pgtrail_proto::time::Micros;
 
 use crate::ingest::rollup::{merge, sample_rollup, Context};
 use crate::store::{InstanceId, Resolution, Rollup, Store, StoreError};
+
+/// Windows up to this long are read exactly, raw samples at the edges
+/// included; longer ones are widened to whole minutes.
+pub const EXACT_UP_TO: Micros = 3_600_000_000;
 
 /// The pieces of `[from, to]` for one instance, each with its start,
 /// using rollups no coarser than `coarsest`.
@@ -19,6 +24,15 @@ pub fn pieces(
     coarsest: Resolution,
 ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
     let mut out = Vec::new();
+    let (from, to) = if to - from > EXACT_UP_TO {
+        let minute = Resolution::Minute;
+        (
+            minute.start_of(from),
+            minute.start_of(to) + minute.span() - 1,
+        )
+    } else {
+        (from, to)
+    };
     let resolutions: Vec<Resolution> = Resolution::ALL
         .into_iter()
         .rev()
