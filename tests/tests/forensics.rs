@@ -239,8 +239,23 @@ async fn churn_of_short_connections() {
         c.batch_execute("SELECT 1").await.unwrap();
     }
     rec.settle();
+    let version: i32 = pg
+        .connect("f-version")
+        .await
+        .unwrap()
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0);
     let churn = rec.json(&["churn", "--since", "5m"]);
     let c = &rows(&churn)[0];
+    if version < 140000 {
+        // Before 14 the server keeps no session count, and connections
+        // this short fall between samples: churn can only count what it saw.
+        assert_eq!(c["counted_by_server"], false, "{c}");
+        assert!(c["sessions_started"].as_u64().unwrap() < 60, "{c}");
+        return;
+    }
     assert_eq!(
         c["counted_by_server"], true,
         "PostgreSQL 14+ counts sessions"
