@@ -211,7 +211,8 @@ pub struct WindowArgs {
     /// Which instances.
     #[command(flatten)]
     pub scope: Scope,
-    /// The window ends now and lasts this long, e.g. 10m, 1h, 7d.
+    /// The window ends now and lasts this long, e.g. 10m, 1h, 7d (windows
+    /// longer than an hour are widened to whole minutes).
     #[arg(long, conflicts_with = "from")]
     pub since: Option<String>,
     /// The window starts at this time.
