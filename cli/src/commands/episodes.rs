@@ -99,23 +99,7 @@ pub async fn leaks(
     let episodes = fetch(server, w, min, EpisodeKind::IdleInTransaction).await?;
     let Some(group_by) = group_by else {
         let rows: Vec<Row> = episodes.iter().map(row).collect();
-        return Ok(render(
-            &rows,
-            &[
-                "host",
-                "port",
-                "pid",
-                "user",
-                "database",
-                "application_name",
-                "client_addr",
-                "started",
-                "ended",
-                "duration_s",
-                "last_query",
-            ],
-            format,
-        ));
+        return Ok(render(&rows, SESSION_COLUMNS, format));
     };
     let (name, key): (&str, fn(&pb::Episode) -> Option<String>) = match group_by {
         GroupBy::Application => ("application_name", |e| e.application_name.clone()),

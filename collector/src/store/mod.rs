@@ -36,7 +36,9 @@
 //!   long horizon; open episodes and the latest facts always stay.
 //! - `facts` holds an entry only where the facts changed.
 
+mod chain;
 mod delta;
+mod expire;
 mod keys;
 mod records;
 mod sled;

@@ -10,7 +10,8 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use super::delta::{self, Rows};
+use super::delta::Rows;
+use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::records::{EpisodeRecord, InstanceRecord, Rollup, StoredSample};
 use super::{Append, Store, StoreError};
@@ -27,7 +28,7 @@ const CACHE_BYTES: u64 = 64 << 20;
 pub struct SledStore {
     db: sled::Db,
     instances: Tree,
-    samples: Tree,
+    pub(super) samples: Tree,
     facts: Tree,
     rollups: Tree,
     episodes: Tree,
@@ -38,7 +39,7 @@ pub struct SledStore {
     instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
     /// Per instance, the last sample appended in order and its rows: what
     /// the next sample's delta is taken against.
-    chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Rows)>>,
+    pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Rows)>>,
 }
 
 impl SledStore {
@@ -95,7 +96,7 @@ impl SledStore {
         k
     }
 
-    fn instance_range(
+    pub(super) fn instance_range(
         tree: &Tree,
         id: InstanceId,
         from: Micros,
@@ -105,85 +106,11 @@ impl SledStore {
     }
 }
 
-fn decode<M: Message + Default>(tree: &'static str, bytes: &[u8]) -> Result<M, StoreError> {
+pub(super) fn decode<M: Message + Default>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<M, StoreError> {
     M::decode(bytes).map_err(|source| StoreError::Corrupt { tree, source })
-}
-
-impl SledStore {
-    /// How `a`'s sample is stored: a delta against the instance's previous
-    /// sample when that is in the same minute and older, else a keyframe.
-    fn encode_sample(&self, a: &Append) -> StoredSample {
-        let chains = self.chains.lock().expect("not poisoned");
-        match chains.get(&a.instance) {
-            Some((last, rows))
-                if *last < a.sampled_at
-                    && Resolution::Minute.start_of(*last)
-                        == Resolution::Minute.start_of(a.sampled_at) =>
-            {
-                delta::encode(rows, *last, &a.sample)
-            }
-            _ => {
-                let mut full = a.sample.clone();
-                full.keyframe = true;
-                full.base_us = None;
-                full
-            }
-        }
-    }
-
-    /// A stored sample with all its rows: a keyframe as it is, a delta
-    /// rebuilt from its chain.
-    fn rebuild(
-        &self,
-        instance: InstanceId,
-        at: Micros,
-        sample: StoredSample,
-    ) -> Result<StoredSample, StoreError> {
-        if sample.keyframe {
-            return Ok(sample);
-        }
-        let mut deltas = vec![sample];
-        let mut rows = loop {
-            let last = deltas.last().expect("not empty");
-            let base_at = last.base_us.ok_or(StoreError::BrokenChain(at, instance))?;
-            let base = self
-                .samples
-                .get(keys::instance_time(instance, base_at))?
-                .ok_or(StoreError::BrokenChain(at, instance))?;
-            let base: StoredSample = decode("samples", &base)?;
-            if base.keyframe {
-                break Rows::of(&base);
-            }
-            deltas.push(base);
-        };
-        for d in deltas.iter().rev() {
-            rows.apply(d);
-        }
-        let mut out = deltas.swap_remove(0);
-        rows.fill(&mut out);
-        Ok(out)
-    }
-
-    /// The time of the keyframe the first sample at or after `t` builds on:
-    /// cutting there keeps every remaining chain whole.
-    fn chain_start(&self, instance: InstanceId, t: Micros) -> Result<Micros, StoreError> {
-        let Some(first) = Self::instance_range(&self.samples, instance, t, Micros::MAX).next()
-        else {
-            return Ok(t);
-        };
-        let (k, v) = first?;
-        let mut at = keys::time_of_instance_key(&k);
-        let mut sample: StoredSample = decode("samples", &v)?;
-        while !sample.keyframe {
-            let Some(base) = sample.base_us else { break };
-            let Some(v) = self.samples.get(keys::instance_time(instance, base))? else {
-                break;
-            };
-            at = base;
-            sample = decode("samples", &v)?;
-        }
-        Ok(at.min(t))
-    }
 }
 
 impl Store for SledStore {
@@ -530,46 +457,5 @@ impl Store for SledStore {
             }
         }
         Ok(out)
-    }
-}
-
-/// Every episode kind there is.
-const ALL_EPISODE_KINDS: [EpisodeKind; 7] = [
-    EpisodeKind::IdleInTransaction,
-    EpisodeKind::SlowQuery,
-    EpisodeKind::LockWait,
-    EpisodeKind::Idle,
-    EpisodeKind::AuxMissing,
-    EpisodeKind::AutovacuumSaturated,
-    EpisodeKind::Restart,
-];
-
-/// How many keys one batch removes before letting writers in.
-const EXPIRE_BATCH: usize = 512;
-
-/// Removes the keys in `[from, to)` in batches.
-fn remove_range(
-    tree: &Tree,
-    from: impl AsRef<[u8]>,
-    to: impl AsRef<[u8]>,
-) -> Result<u64, StoreError> {
-    let (from, to) = (from.as_ref().to_vec(), to.as_ref().to_vec());
-    let mut removed = 0;
-    loop {
-        let keys: Vec<sled::IVec> = tree
-            .range(from.clone()..to.clone())
-            .keys()
-            .take(EXPIRE_BATCH)
-            .collect::<Result<_, _>>()?;
-        if keys.is_empty() {
-            return Ok(removed);
-        }
-        let mut batch = sled::Batch::default();
-        for k in &keys {
-            batch.remove(k);
-        }
-        tree.apply_batch(batch)?;
-        removed += keys.len() as u64;
-        std::thread::yield_now();
     }
 }
