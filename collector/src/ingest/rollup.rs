@@ -14,7 +14,7 @@ use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
 
-use crate::store::{Max, Rollup};
+use crate::store::{Max, PeakRollup, Rollup};
 
 /// The state name used when the agent's role may not see a session's state.
 pub const UNKNOWN: &str = "unknown";
@@ -215,10 +215,11 @@ pub fn merge(a: &mut Rollup, b: &Rollup) {
     if b.samples == 0 {
         return;
     }
-    let keep_a = a.samples > 0
-        && (a.max_total > b.max_total
-            || (a.max_total == b.max_total && a.max_at_us <= b.max_at_us));
-    if !keep_a {
+    if peak_yields(
+        a.samples,
+        (a.max_total, a.max_at_us),
+        (b.max_total, b.max_at_us),
+    ) {
         a.max_total = b.max_total;
         a.max_at_us = b.max_at_us;
         a.by_state_at_max = b.by_state_at_max.clone();
@@ -253,6 +254,29 @@ pub fn merge(a: &mut Rollup, b: &Rollup) {
     merge_max(&mut a.rss_total, &b.rss_total);
     merge_max(&mut a.pss_total, &b.pss_total);
     a.autovacuum_workers = a.autovacuum_workers.max(b.autovacuum_workers);
+}
+
+/// Folds `b` into `a` as [`merge`] does, for the fields `peaks` reads.
+pub fn merge_peak(a: &mut PeakRollup, b: &PeakRollup) {
+    if b.samples == 0 {
+        return;
+    }
+    if peak_yields(
+        a.samples,
+        (a.max_total, a.max_at_us),
+        (b.max_total, b.max_at_us),
+    ) {
+        a.max_total = b.max_total;
+        a.max_at_us = b.max_at_us;
+        a.by_state_at_max = b.by_state_at_max.clone();
+    }
+    a.samples += b.samples;
+}
+
+/// Whether the peak `(count, at)` of a stretch of `a_samples` samples gives
+/// way to `b`'s: it is empty, or `b` is higher, or as high and earlier.
+fn peak_yields(a_samples: u32, a: (u32, i64), b: (u32, i64)) -> bool {
+    a_samples == 0 || b.0 > a.0 || (b.0 == a.0 && b.1 < a.1)
 }
 
 /// Folds a sample's rollup into its minute's: as [`merge`], and the
@@ -367,5 +391,35 @@ mod tests {
             }
         );
         assert_eq!(ab.waits["CPU"], 2);
+    }
+
+    #[test]
+    fn the_peak_view_merges_and_decodes_as_the_whole_rollup() {
+        use prost::Message;
+        let rollups: Vec<Rollup> = [
+            (10, vec![session(1, "idle", "x")]),
+            (20, vec![session(1, "idle", "x"), session(2, "active", "y")]),
+            (30, vec![session(3, "active", "y"), session(4, "idle", "y")]),
+            (40, vec![]),
+        ]
+        .into_iter()
+        .map(|(t, rows)| sample_rollup(&snap(t, rows), &Context::default()).0)
+        .collect();
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1]] {
+            let mut whole = Rollup::default();
+            let mut peak = PeakRollup::default();
+            for i in order {
+                merge(&mut whole, &rollups[i]);
+                merge_peak(&mut peak, &PeakRollup::from(rollups[i].clone()));
+            }
+            assert_eq!(
+                (peak.max_total, peak.max_at_us),
+                (2, 20),
+                "earliest of the ties"
+            );
+            let decoded = PeakRollup::decode(whole.encode_to_vec().as_slice()).unwrap();
+            assert_eq!(decoded, PeakRollup::from(whole.clone()));
+            assert_eq!(peak, decoded);
+        }
     }
 }

@@ -5,7 +5,7 @@
 use pgtrail_proto::pb;
 
 use super::{check_window, window, History, QueryError};
-use crate::store::Resolution;
+use crate::store::{Resolution, Rollup};
 
 impl History {
     /// Churn of each instance in `scope` over `window`.
@@ -17,7 +17,7 @@ impl History {
         check_window(w)?;
         let mut out = Vec::new();
         for r in self.resolve(scope)? {
-            let minutes = window::bucketed(
+            let minutes = window::bucketed::<Rollup>(
                 &*self.store,
                 r.id,
                 w.from_us,
@@ -27,7 +27,7 @@ impl History {
             if minutes.is_empty() {
                 continue;
             }
-            let rollup = window::merged(&*self.store, r.id, w.from_us, w.to_us)?;
+            let rollup = window::merged::<Rollup>(&*self.store, r.id, w.from_us, w.to_us)?;
             out.push(pb::InstanceChurn {
                 port: self.port_at(&r, w.to_us)?,
                 host: r.host,

@@ -4,7 +4,7 @@
 use pgtrail_proto::pb;
 
 use super::{check_window, window, History, QueryError};
-use crate::store::EpisodeKind;
+use crate::store::{EpisodeKind, Rollup};
 
 impl History {
     /// Health of each instance in `scope` over `window`.
@@ -16,7 +16,7 @@ impl History {
         check_window(w)?;
         let mut out = Vec::new();
         for r in self.resolve(scope)? {
-            let rollup = window::merged(&*self.store, r.id, w.from_us, w.to_us)?;
+            let rollup = window::merged::<Rollup>(&*self.store, r.id, w.from_us, w.to_us)?;
             let mut episodes = Vec::new();
             for kind in [
                 EpisodeKind::AuxMissing,

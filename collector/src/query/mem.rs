@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use pgtrail_proto::pb;
 
 use super::{check_window, window, History, QueryError};
+use crate::store::Rollup;
 
 impl History {
     /// Memory of each instance in `scope`: `top` processes by RSS at the
@@ -23,7 +24,7 @@ impl History {
             let Some((sampled_at, sample)) = self.store.sample_at(r.id, w.to_us)? else {
                 continue;
             };
-            let rollup = window::merged(&*self.store, r.id, w.from_us, w.to_us)?;
+            let rollup = window::merged::<Rollup>(&*self.store, r.id, w.from_us, w.to_us)?;
             let sessions: HashMap<i32, &pb::Session> =
                 sample.sessions.iter().map(|s| (s.pid, s)).collect();
             let mut procs: Vec<&pb::Process> = sample.processes.iter().collect();

@@ -1,19 +1,32 @@
 //! Connection peaks: per instance (and per dimension value, or per bucket),
 //! the highest client-backend count and when it was first reached, from
-//! the window's rollups (see [`super::window`]).
+//! the window's rollups (see [`super::window`]). Without a dimension only
+//! the peak fields of each rollup are decoded ([`PeakRollup`]).
 
 use std::collections::HashMap;
 
 use pgtrail_proto::pb::{self, Dimension};
-use pgtrail_proto::time::MINUTE;
+use pgtrail_proto::time::{Micros, MINUTE};
 
 use super::window;
 use super::{check_window, History, QueryError};
-use crate::store::{InstanceRecord, Rollup};
+use crate::store::{InstanceRecord, Max, PeakRollup, Rollup};
 
 /// One peak before it becomes a [`pb::Peak`]: the dimension's value, the
 /// count, when, and the states at that moment.
 type Entry = (Option<String>, u32, i64, HashMap<String, u32>);
+
+/// A rollup's per-"dimension\tvalue" maxima.
+type Maxima = HashMap<String, Max>;
+
+/// A merged rollup as its peak fields and its maxima.
+fn split(
+    bucket: Option<Micros>,
+    mut rollup: Rollup,
+) -> (Option<Micros>, PeakRollup, Option<Maxima>) {
+    let maxima = std::mem::take(&mut rollup.maxima);
+    (bucket, rollup.into(), Some(maxima))
+}
 
 /// The name a dimension has in rollup keys.
 fn dimension_name(d: Dimension) -> Option<&'static str> {
@@ -45,19 +58,34 @@ impl History {
         let mut out = Vec::new();
         for r in self.resolve(scope)? {
             let (from, to) = (window.from_us, window.to_us);
-            let pieces = if bucket_us > 0 {
-                window::bucketed(&*self.store, r.id, from, to, bucket_us)?
-                    .into_iter()
-                    .map(|(start, rollup)| (Some(start), rollup))
-                    .collect()
-            } else {
-                vec![(None, window::merged(&*self.store, r.id, from, to)?)]
-            };
-            for (bucket, rollup) in pieces {
-                if rollup.samples == 0 {
+            let pieces: Vec<(Option<Micros>, PeakRollup, Option<Maxima>)> =
+                match (dimension_name(by).is_some(), bucket_us > 0) {
+                    (false, false) => {
+                        let all = window::merged::<PeakRollup>(&*self.store, r.id, from, to)?;
+                        vec![(None, all, None)]
+                    }
+                    (false, true) => {
+                        window::bucketed::<PeakRollup>(&*self.store, r.id, from, to, bucket_us)?
+                            .into_iter()
+                            .map(|(start, peak)| (Some(start), peak, None))
+                            .collect()
+                    }
+                    (true, false) => {
+                        let all = window::merged::<Rollup>(&*self.store, r.id, from, to)?;
+                        vec![split(None, all)]
+                    }
+                    (true, true) => {
+                        window::bucketed::<Rollup>(&*self.store, r.id, from, to, bucket_us)?
+                            .into_iter()
+                            .map(|(start, rollup)| split(Some(start), rollup))
+                            .collect()
+                    }
+                };
+            for (bucket, peak, maxima) in pieces {
+                if peak.samples == 0 {
                     continue;
                 }
-                out.extend(self.peaks_of(&r, &rollup, by, bucket)?);
+                out.extend(self.peaks_of(&r, &peak, maxima.as_ref(), by, bucket)?);
             }
         }
         Ok(out)
@@ -66,21 +94,15 @@ impl History {
     fn peaks_of(
         &self,
         r: &InstanceRecord,
-        rollup: &Rollup,
+        peak: &PeakRollup,
+        maxima: Option<&Maxima>,
         by: Dimension,
         bucket: Option<i64>,
     ) -> Result<Vec<pb::Peak>, QueryError> {
-        let entries: Vec<Entry> = match dimension_name(by) {
-            None => vec![(
-                None,
-                rollup.max_total,
-                rollup.max_at_us,
-                rollup.by_state_at_max.clone(),
-            )],
-            Some(name) => {
+        let entries: Vec<Entry> = match (dimension_name(by), maxima) {
+            (Some(name), Some(maxima)) => {
                 let prefix = format!("{name}\t");
-                let mut values: Vec<_> = rollup
-                    .maxima
+                let mut values: Vec<_> = maxima
                     .iter()
                     .filter_map(|(k, m)| {
                         let value = k.strip_prefix(&prefix)?;
@@ -95,6 +117,12 @@ impl History {
                 values.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
                 values
             }
+            _ => vec![(
+                None,
+                peak.max_total,
+                peak.max_at_us,
+                peak.by_state_at_max.clone(),
+            )],
         };
         let mut out = Vec::new();
         for (value, total, at, by_state) in entries {
@@ -110,7 +138,7 @@ impl History {
                 superuser_reserved_connections: facts
                     .as_ref()
                     .and_then(|f| f.superuser_reserved_connections),
-                samples: u64::from(rollup.samples),
+                samples: u64::from(peak.samples),
                 value,
                 bucket_start_us: bucket,
             });

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use pgtrail_proto::pb;
 
 use super::{check_window, window, History, QueryError};
+use crate::store::Rollup;
 
 impl History {
     /// Wait events per instance in `scope` over `window`, most sampled
@@ -20,7 +21,7 @@ impl History {
         check_window(w)?;
         let mut out = Vec::new();
         for r in self.resolve(scope)? {
-            let rollup = window::merged(&*self.store, r.id, w.from_us, w.to_us)?;
+            let rollup = window::merged::<Rollup>(&*self.store, r.id, w.from_us, w.to_us)?;
             let total: u64 = rollup.waits.values().sum();
             let port = self.port_at(&r, w.to_us)?;
             let mut queries: HashMap<&str, Vec<(u64, u64)>> = HashMap::new();

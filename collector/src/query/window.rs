@@ -4,25 +4,85 @@
 //! A window longer than [`EXACT_UP_TO`] is widened to whole minutes, so it
 //! reads no raw samples at all: a week costs 168 hour records and up to
 //! 118 minute records per instance, however many samples it holds.
+//!
+//! A window is assembled as whole [`Rollup`]s, or as a [`Piece`] that
+//! decodes only the fields a question reads ([`PeakRollup`] for `peaks`).
 
 use pgtrail_proto::time::Micros;
 
-use crate::ingest::rollup::{merge, sample_rollup, Context};
-use crate::store::{InstanceId, Resolution, Rollup, Store, StoreError};
+use crate::ingest::rollup::{merge, merge_peak, sample_rollup, Context};
+use crate::store::{InstanceId, PeakRollup, Resolution, Rollup, Store, StoreError};
 
 /// Windows up to this long are read exactly, raw samples at the edges
 /// included; longer ones are widened to whole minutes.
 pub const EXACT_UP_TO: Micros = 3_600_000_000;
 
+/// What a window is assembled from: a rollup, or the part of one a
+/// question reads.
+pub trait Piece: Default + Sized {
+    /// The stored rollups of `res` starting in `[from, to]`.
+    fn read(
+        store: &dyn Store,
+        id: InstanceId,
+        res: Resolution,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, Self)>, StoreError>;
+    /// The piece of one raw sample, from its rollup.
+    fn of_sample(rollup: Rollup) -> Self;
+    /// Folds `other` in (order-independent, as [`merge`]).
+    fn merge(&mut self, other: &Self);
+}
+
+impl Piece for Rollup {
+    fn read(
+        store: &dyn Store,
+        id: InstanceId,
+        res: Resolution,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, Self)>, StoreError> {
+        store.rollups(id, res, from, to)
+    }
+
+    fn of_sample(rollup: Rollup) -> Self {
+        rollup
+    }
+
+    fn merge(&mut self, other: &Self) {
+        merge(self, other);
+    }
+}
+
+impl Piece for PeakRollup {
+    fn read(
+        store: &dyn Store,
+        id: InstanceId,
+        res: Resolution,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, Self)>, StoreError> {
+        store.peak_rollups(id, res, from, to)
+    }
+
+    fn of_sample(rollup: Rollup) -> Self {
+        rollup.into()
+    }
+
+    fn merge(&mut self, other: &Self) {
+        merge_peak(self, other);
+    }
+}
+
 /// The pieces of `[from, to]` for one instance, each with its start,
 /// using rollups no coarser than `coarsest`.
-pub fn pieces(
+pub fn pieces<P: Piece>(
     store: &dyn Store,
     id: InstanceId,
     from: Micros,
     to: Micros,
     coarsest: Resolution,
-) -> Result<Vec<(Micros, Rollup)>, StoreError> {
+) -> Result<Vec<(Micros, P)>, StoreError> {
     let mut out = Vec::new();
     let (from, to) = if to - from > EXACT_UP_TO {
         let minute = Resolution::Minute;
@@ -43,42 +103,42 @@ pub fn pieces(
     Ok(out)
 }
 
-/// The window's pieces merged into one rollup.
-pub fn merged(
+/// The window's pieces merged into one.
+pub fn merged<P: Piece>(
     store: &dyn Store,
     id: InstanceId,
     from: Micros,
     to: Micros,
-) -> Result<Rollup, StoreError> {
-    let mut all = Rollup::default();
-    for (_, piece) in pieces(store, id, from, to, Resolution::Hour)? {
-        merge(&mut all, &piece);
+) -> Result<P, StoreError> {
+    let mut all = P::default();
+    for (_, piece) in pieces::<P>(store, id, from, to, Resolution::Hour)? {
+        all.merge(&piece);
     }
     Ok(all)
 }
 
 /// The window's pieces merged per bucket of `bucket` µs (a multiple of a
 /// minute), oldest first.
-pub fn bucketed(
+pub fn bucketed<P: Piece>(
     store: &dyn Store,
     id: InstanceId,
     from: Micros,
     to: Micros,
     bucket: Micros,
-) -> Result<Vec<(Micros, Rollup)>, StoreError> {
+) -> Result<Vec<(Micros, P)>, StoreError> {
     let coarsest = if bucket % Resolution::Hour.span() == 0 {
         Resolution::Hour
     } else {
         Resolution::Minute
     };
-    let mut out: Vec<(Micros, Rollup)> = Vec::new();
-    for (t, piece) in pieces(store, id, from, to, coarsest)? {
+    let mut out: Vec<(Micros, P)> = Vec::new();
+    for (t, piece) in pieces::<P>(store, id, from, to, coarsest)? {
         let start = t - t.rem_euclid(bucket);
         match out.last_mut() {
-            Some((s, r)) if *s == start => merge(r, &piece),
+            Some((s, r)) if *s == start => r.merge(&piece),
             _ => {
-                let mut r = Rollup::default();
-                merge(&mut r, &piece);
+                let mut r = P::default();
+                r.merge(&piece);
                 out.push((start, r));
             }
         }
@@ -86,13 +146,13 @@ pub fn bucketed(
     Ok(out)
 }
 
-fn cover(
+fn cover<P: Piece>(
     store: &dyn Store,
     id: InstanceId,
     from: Micros,
     to: Micros,
     resolutions: &[Resolution],
-    out: &mut Vec<(Micros, Rollup)>,
+    out: &mut Vec<(Micros, P)>,
 ) -> Result<(), StoreError> {
     if from > to {
         return Ok(());
@@ -106,17 +166,17 @@ fn cover(
     if first_whole >= end_whole {
         return cover(store, id, from, to, finer, out);
     }
-    out.extend(store.rollups(id, res, first_whole, end_whole - span)?);
+    out.extend(P::read(store, id, res, first_whole, end_whole - span)?);
     cover(store, id, from, first_whole - 1, finer, out)?;
     cover(store, id, end_whole, to, finer, out)
 }
 
-fn raw(
+fn raw<P: Piece>(
     store: &dyn Store,
     id: InstanceId,
     from: Micros,
     to: Micros,
-    out: &mut Vec<(Micros, Rollup)>,
+    out: &mut Vec<(Micros, P)>,
 ) -> Result<(), StoreError> {
     let facts = store.facts_at(id, to)?;
     let mut context = Context {
@@ -133,7 +193,7 @@ fn raw(
         };
         let (rollup, next) = sample_rollup(&snapshot, &context);
         context = next;
-        out.push((t, rollup));
+        out.push((t, P::of_sample(rollup)));
     }
     Ok(())
 }

@@ -44,7 +44,9 @@ mod records;
 mod sled;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
-pub use self::records::{BlockerRecord, EpisodeRecord, InstanceRecord, Max, Rollup, StoredSample};
+pub use self::records::{
+    BlockerRecord, EpisodeRecord, InstanceRecord, Max, PeakRollup, Rollup, StoredSample,
+};
 pub use self::sled::SledStore;
 
 use std::collections::HashMap;
@@ -156,6 +158,14 @@ pub trait Store: Send + Sync + 'static {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, Rollup)>, StoreError>;
+    /// As [`Store::rollups`], decoding only what [`PeakRollup`] holds.
+    fn peak_rollups(
+        &self,
+        instance: InstanceId,
+        res: Resolution,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, PeakRollup)>, StoreError>;
     /// The facts in force at `t` (the latest at or before it, else the
     /// first after it).
     fn facts_at(

@@ -133,6 +133,37 @@ pub struct Rollup {
     pub autovacuum_workers: u32,
 }
 
+/// The part of a stored [`Rollup`] that plain `peaks` reads: its first
+/// four fields, under the same tags. Decoding a stored rollup as this skips
+/// the rest (the per-dimension maxima and the wait-event maps are most of
+/// its bytes), so a week of peaks decodes a few bytes per stretch.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PeakRollup {
+    /// Samples folded in.
+    #[prost(uint32, tag = "1")]
+    pub samples: u32,
+    /// The highest client-backend count.
+    #[prost(uint32, tag = "2")]
+    pub max_total: u32,
+    /// When it was first reached.
+    #[prost(int64, tag = "3")]
+    pub max_at_us: i64,
+    /// Client backends by state at that moment.
+    #[prost(map = "string, uint32", tag = "4")]
+    pub by_state_at_max: HashMap<String, u32>,
+}
+
+impl From<Rollup> for PeakRollup {
+    fn from(r: Rollup) -> Self {
+        Self {
+            samples: r.samples,
+            max_total: r.max_total,
+            max_at_us: r.max_at_us,
+            by_state_at_max: r.by_state_at_max,
+        }
+    }
+}
+
 /// An episode: a stretch a session spent in one condition (trees
 /// `episodes` and `open_episodes`).
 #[derive(Clone, PartialEq, prost::Message)]

@@ -13,7 +13,7 @@ use sled::{Transactional, Tree};
 use super::delta::Rows;
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
-use super::records::{EpisodeRecord, InstanceRecord, Rollup, StoredSample};
+use super::records::{EpisodeRecord, InstanceRecord, PeakRollup, Rollup, StoredSample};
 use super::{Append, Store, StoreError};
 
 /// The layout version this build writes and reads.
@@ -103,6 +103,27 @@ impl SledStore {
         to: Micros,
     ) -> impl DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
+    }
+
+    /// Rollups starting in `[from, to]`, decoded as `M` (a [`Rollup`] or a
+    /// view of some of its fields).
+    fn rollups_as<M: Message + Default>(
+        &self,
+        instance: InstanceId,
+        res: Resolution,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, M)>, StoreError> {
+        if from > to {
+            return Ok(Vec::new());
+        }
+        self.rollups
+            .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
+            .map(|e| {
+                let (k, v) = e?;
+                Ok((keys::time_of_rollup_key(&k), decode("rollups", &v)?))
+            })
+            .collect()
     }
 }
 
@@ -347,16 +368,17 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
-        if from > to {
-            return Ok(Vec::new());
-        }
-        self.rollups
-            .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
-            .map(|e| {
-                let (k, v) = e?;
-                Ok((keys::time_of_rollup_key(&k), decode("rollups", &v)?))
-            })
-            .collect()
+        self.rollups_as(instance, res, from, to)
+    }
+
+    fn peak_rollups(
+        &self,
+        instance: InstanceId,
+        res: Resolution,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, PeakRollup)>, StoreError> {
+        self.rollups_as(instance, res, from, to)
     }
 
     fn facts_at(
