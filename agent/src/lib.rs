@@ -13,6 +13,7 @@
 mod builder;
 pub mod config;
 mod error;
+mod ingest;
 pub mod os;
 pub mod pg;
 mod report;
@@ -20,6 +21,7 @@ mod sampler;
 mod sender;
 pub mod spool;
 mod stats;
+pub mod wire;
 
 pub use builder::{AgentBuilder, AgentHandle, DEFAULT_CHANNEL_PER_INSTANCE, MIN_INTERVAL};
 pub use config::{Config, InstanceConfig};

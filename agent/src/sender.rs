@@ -13,16 +13,18 @@ use std::time::Duration;
 
 use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::model::Snapshot;
-use pgtrail_proto::pb::{self, ingest_client::IngestClient};
+use pgtrail_proto::pb;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Endpoint;
 use tracing::{info, warn};
 
+use crate::ingest::{self, Outgoing};
 use crate::report::error_chain;
-use crate::spool::{Cursor, Spool};
+use crate::spool::{Cursor, Spool, Spooled};
 use crate::stats::Stats;
+use crate::wire::Head;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -126,15 +128,11 @@ impl Sender {
             Ok(c) => c,
             Err(e) => return StreamEnd::Broken(error_chain(&e)),
         };
-        let mut client = IngestClient::new(channel);
-        let (out, out_rx) = mpsc::channel::<pb::AgentMessage>(16);
-        let hello = pb::AgentMessage {
-            kind: Some(pb::agent_message::Kind::Hello(self.hello.clone())),
-        };
-        if out.send(hello).await.is_err() {
+        let (out, out_rx) = mpsc::channel::<Outgoing>(16);
+        if out.send(Outgoing::Hello(self.hello.clone())).await.is_err() {
             return StreamEnd::Broken("stream closed".into());
         }
-        let mut acks = match client.stream(ReceiverStream::new(out_rx)).await {
+        let mut acks = match ingest::open(channel, ReceiverStream::new(out_rx)).await {
             Ok(r) => r.into_inner(),
             Err(status) => return StreamEnd::Broken(status.message().to_string()),
         };
@@ -167,8 +165,9 @@ impl Sender {
                         return StreamEnd::Broken("stream closed".into());
                     };
                     match self.spool.next(&mut cursor) {
-                        Ok(Some(snapshot)) => {
-                            permit.send(wrap(encoder.encode(&snapshot)));
+                        Ok(Some(Spooled { snapshot, rows })) => {
+                            let head = Box::new(Head::new(encoder.encode(&snapshot)));
+                            permit.send(Outgoing::Snapshot { head, rows });
                             in_flight += 1;
                         }
                         Ok(None) => {}
@@ -235,11 +234,5 @@ impl Sender {
                 true
             }
         }
-    }
-}
-
-fn wrap(snapshot: pb::Snapshot) -> pb::AgentMessage {
-    pb::AgentMessage {
-        kind: Some(pb::agent_message::Kind::Snapshot(snapshot)),
     }
 }

@@ -28,7 +28,14 @@
 //! - Records are written with one `write` each (the kernel keeps them if the
 //!   agent dies) and the segment is fsynced when it is closed and when the
 //!   agent stops.
+//!
+//! A record is handed out as a [`Spooled`]: the snapshot without its rows,
+//! and the rows encoded ([`Rows`]), so that the sender writes them to the
+//! stream as they are. The newest records are also held in memory until
+//! first read (module `held`), so sending a snapshot just taken reads nothing
+//! back from disk.
 
+mod held;
 mod segment;
 mod seqs;
 
@@ -39,7 +46,9 @@ use std::path::{Path, PathBuf};
 use pgtrail_proto::model::Snapshot;
 use thiserror::Error;
 
-use segment::{Segment, HEADER};
+use crate::wire::Rows;
+use held::Held;
+use segment::Segment;
 use seqs::Sequences;
 
 /// The largest segment; smaller spools use a sixteenth of their size.
@@ -74,11 +83,41 @@ impl SpoolError {
     }
 }
 
-/// Where a reader of the spool is: the next record to look at.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Where a reader of the spool is: the next record to look at. Cursors
+/// order as the records they point at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cursor {
     segment: u64,
     index: usize,
+}
+
+/// A spooled snapshot as [`Spool::next`] hands it out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spooled {
+    /// The snapshot without its rows: no sessions, no processes.
+    pub snapshot: Snapshot,
+    /// Its sessions and processes, encoded.
+    pub rows: Rows,
+}
+
+impl Spooled {
+    /// Splits `snapshot` into its rows and the rest.
+    fn split(mut snapshot: Snapshot) -> Self {
+        let rows = Rows::encode(&snapshot.sessions, &snapshot.processes);
+        snapshot.sessions = Vec::new();
+        snapshot.processes = Vec::new();
+        Self { snapshot, rows }
+    }
+
+    /// The whole snapshot, rows decoded.
+    pub fn into_snapshot(self) -> Result<Snapshot, SpoolError> {
+        let (sessions, processes) = self.rows.decode().map_err(|_| SpoolError::Corrupt)?;
+        Ok(Snapshot {
+            sessions,
+            processes,
+            ..self.snapshot
+        })
+    }
 }
 
 /// What [`Spool::push`] had to drop to make room.
@@ -105,6 +144,8 @@ pub struct Spool {
     seqs: Sequences,
     /// Dropped snapshots not yet reported, per instance.
     dropped: HashMap<String, u64>,
+    /// The newest records, until first read.
+    held: Held,
 }
 
 impl Spool {
@@ -142,6 +183,7 @@ impl Spool {
             bytes,
             seqs: Sequences::load(dir, &floor)?,
             dropped: HashMap::new(),
+            held: Held::default(),
         })
     }
 
@@ -163,9 +205,10 @@ impl Spool {
         if let Some(n) = self.dropped.remove(&snapshot.instance) {
             snapshot.dropped_before += n;
         }
-        let mut payload = segment::encode(&snapshot);
+        let Spooled { mut snapshot, rows } = Spooled::split(snapshot);
+        let mut frame = segment::frame(&snapshot, &rows);
         let mut evicted = Evicted::default();
-        let size = HEADER + payload.len() as u64;
+        let size = frame.len() as u64;
         if size > self.max_bytes {
             // Larger than the whole spool: this one is the loss.
             *self.dropped.entry(snapshot.instance.clone()).or_default() +=
@@ -192,7 +235,7 @@ impl Spool {
         if let Some(n) = self.dropped.remove(&snapshot.instance) {
             // Reported by this very snapshot.
             snapshot.dropped_before += n;
-            payload = segment::encode(&snapshot);
+            frame = segment::frame(&snapshot, &rows);
         }
         let tail_full = self
             .segments
@@ -208,8 +251,13 @@ impl Spool {
         }
         let tail = self.segments.back_mut().expect("a tail segment");
         let before = tail.bytes;
-        tail.append(&snapshot, &payload)?;
+        tail.append(&snapshot, &frame)?;
         self.bytes += tail.bytes - before;
+        let at = Cursor {
+            segment: tail.id,
+            index: tail.records.len() - 1,
+        };
+        self.held.push(at, Spooled { snapshot, rows });
         Ok(evicted)
     }
 
@@ -239,7 +287,7 @@ impl Spool {
 
     /// The next unacknowledged record at or after `cursor`, which moves past
     /// it. Records lost to eviction are skipped.
-    pub fn next(&mut self, cursor: &mut Cursor) -> Result<Option<Snapshot>, SpoolError> {
+    pub fn next(&mut self, cursor: &mut Cursor) -> Result<Option<Spooled>, SpoolError> {
         let from = cursor.segment;
         for seg in self.segments.iter().filter(|s| s.id >= from) {
             if seg.id > cursor.segment {
@@ -249,10 +297,13 @@ impl Spool {
                 };
             }
             while cursor.index < seg.records.len() {
-                let i = cursor.index;
+                let at = *cursor;
                 cursor.index += 1;
-                if !seg.records[i].acked {
-                    return seg.read(i).map(Some);
+                if !seg.records[at.index].acked {
+                    if let Some(held) = self.held.take(at) {
+                        return Ok(Some(held));
+                    }
+                    return seg.read(at.index).map(|s| Some(Spooled::split(s)));
                 }
             }
         }

@@ -18,6 +18,7 @@ use pgtrail_proto::pb;
 use prost::Message;
 
 use super::SpoolError;
+use crate::wire::{Head, Rows};
 
 /// Bytes before each payload.
 pub const HEADER: u64 = 12;
@@ -66,9 +67,20 @@ pub fn parse_name(name: &str) -> Option<u64> {
     name.strip_suffix(".seg")?.parse().ok()
 }
 
-/// The payload of `snapshot`: self-contained (fresh encoder), protobuf.
-pub fn encode(snapshot: &Snapshot) -> Vec<u8> {
-    StreamEncoder::default().encode(snapshot).encode_to_vec()
+/// The whole record of a snapshot, header included: `head` (the snapshot
+/// without its rows: no sessions, no processes) around `rows`. The payload
+/// is self-contained (every text and the facts inline).
+pub fn frame(head: &Snapshot, rows: &Rows) -> Vec<u8> {
+    debug_assert!(head.sessions.is_empty() && head.processes.is_empty());
+    let head = Head::new(StreamEncoder::default().encode(head));
+    let len = head.encoded_len(rows);
+    let mut frame = Vec::with_capacity(HEADER as usize + len);
+    frame.resize(HEADER as usize, 0);
+    head.encode(rows, &mut frame);
+    let sum = checksum(&frame[HEADER as usize..]);
+    frame[..4].copy_from_slice(&(len as u32).to_le_bytes());
+    frame[4..HEADER as usize].copy_from_slice(&sum.to_le_bytes());
+    frame
 }
 
 fn checksum(bytes: &[u8]) -> u64 {
@@ -137,18 +149,14 @@ impl Segment {
         })
     }
 
-    /// Appends `snapshot`, already encoded as `payload`.
-    pub fn append(&mut self, snapshot: &Snapshot, payload: &[u8]) -> Result<(), SpoolError> {
-        let mut frame = Vec::with_capacity(HEADER as usize + payload.len());
-        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&checksum(payload).to_le_bytes());
-        frame.extend_from_slice(payload);
+    /// Appends the record `frame` (from [`frame`]) of `snapshot`.
+    pub fn append(&mut self, snapshot: &Snapshot, frame: &[u8]) -> Result<(), SpoolError> {
         self.file
-            .write_all(&frame)
+            .write_all(frame)
             .map_err(|e| SpoolError::io("write", &self.path, e))?;
         self.records.push(Meta {
             offset: self.bytes,
-            len: payload.len() as u32,
+            len: (frame.len() as u64 - HEADER) as u32,
             instance: snapshot.instance.clone(),
             seq: snapshot.seq,
             dropped_before: snapshot.dropped_before,

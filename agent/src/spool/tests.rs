@@ -39,7 +39,7 @@ fn drain(spool: &mut Spool) -> Vec<Snapshot> {
     let mut cursor = Cursor::default();
     let mut out = Vec::new();
     while let Some(s) = spool.next(&mut cursor).unwrap() {
-        out.push(s);
+        out.push(s.into_snapshot().unwrap());
     }
     assert!(!spool.has_next(&cursor));
     out
@@ -81,7 +81,15 @@ fn delivers_oldest_first_and_forgets_what_is_acknowledged() {
     // A reader that has seen everything still sees what comes next.
     spool.push(snapshot("a", 6, "SELECT 1")).unwrap();
     assert!(spool.has_next(&reader));
-    assert_eq!(spool.next(&mut reader).unwrap().unwrap().sampled_at, 6);
+    assert_eq!(
+        spool
+            .next(&mut reader)
+            .unwrap()
+            .unwrap()
+            .snapshot
+            .sampled_at,
+        6
+    );
 }
 
 #[test]
@@ -137,4 +145,24 @@ fn a_full_spool_drops_the_oldest_and_reports_it() {
     let pending: u64 = spool.dropped.values().sum();
     assert_eq!(reported + pending, lost);
     assert!(reported > 0);
+}
+
+#[test]
+fn a_record_held_in_memory_and_one_read_from_disk_are_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut taken = snapshot("a", 1, "SELECT 1");
+    taken.processes.push(pb::Process {
+        pid: 7,
+        title: "postgres: a".into(),
+        ..Default::default()
+    });
+    spool.push(taken.clone()).unwrap();
+    let held = drain(&mut spool);
+    // A new stream starts over: the record was handed out, so it is read
+    // from its segment.
+    let read = drain(&mut spool);
+    taken.seq = 1;
+    assert_eq!(held, [taken.clone()]);
+    assert_eq!(read, [taken]);
 }
