@@ -63,9 +63,14 @@ pub enum Command {
         /// Only episodes at least this long, e.g. 30s, 5m.
         #[arg(long, default_value = "30s")]
         min: String,
-        /// Sum episodes up per application, user or client.
+        /// Sum episodes up per application, user or client (over every
+        /// episode that matched; --limit does not apply).
         #[arg(long, value_enum)]
         group_by: Option<GroupBy>,
+        /// At most this many episodes, the longest; 0 for all. A note on
+        /// standard error says when more matched.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
     /// Long-running statements: pid, backend_start, query_start, end,
     /// duration, the query, and the wait events seen while it ran (with the
@@ -77,6 +82,10 @@ pub enum Command {
         /// Only statements that ran at least this long.
         #[arg(long, default_value = "30s")]
         min: String,
+        /// At most this many episodes, the longest; 0 for all. A note on
+        /// standard error says when more matched.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
     /// Lock waits and who blocked them. Tables draw blocking chains as
     /// trees: each blocker with the sessions it held up beneath it, how long
@@ -98,6 +107,10 @@ pub enum Command {
         /// Only idle spells at least this long.
         #[arg(long, default_value = "1h")]
         min: String,
+        /// At most this many episodes, the longest; 0 for all. A note on
+        /// standard error says when more matched.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
     /// Every session and process as sampled at or just before TIME.
     At {

@@ -75,8 +75,10 @@ async fn old_data_goes_and_recent_data_stays() {
                 &window(from, to),
                 pb::EpisodeKind::IdleInTransaction,
                 0,
+                0,
             )
             .unwrap()
+            .episodes
             .len()
     };
     let peaks = |from: Micros| {

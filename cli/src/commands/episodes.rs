@@ -27,27 +27,37 @@ const SESSION_COLUMNS: &[&str] = &[
     "last_query",
 ];
 
-/// Asks for episodes of `kind`.
+/// Asks for episodes of `kind`, at most `limit` of them (the longest; 0
+/// for all), and says on standard error when more matched.
 pub async fn fetch(
     server: &str,
     w: &WindowArgs,
     min: &str,
     kind: EpisodeKind,
+    limit: u32,
 ) -> anyhow::Result<Vec<pb::Episode>> {
     let min = from_duration(parse_duration(min)?);
     let window = window(w, DAY)?;
     let mut client = client::connect(server).await?;
-    Ok(client
+    let answer = client
         .episodes(pb::EpisodesRequest {
             scope: scope(&w.scope),
             window: Some(window),
             min_duration_us: min,
             kind: kind as i32,
+            limit,
         })
         .await
         .map_err(client::status)?
-        .into_inner()
-        .episodes)
+        .into_inner();
+    let shown = answer.episodes.len() as u64;
+    if answer.matched > shown {
+        eprintln!(
+            "note: the {shown} longest of {} episodes; --limit 0 shows all",
+            answer.matched
+        );
+    }
+    Ok(answer.episodes)
 }
 
 /// How long an episode lasted (so far, while open).
@@ -94,9 +104,11 @@ pub async fn leaks(
     w: &WindowArgs,
     min: &str,
     group_by: Option<GroupBy>,
+    limit: u32,
     format: Format,
 ) -> anyhow::Result<String> {
-    let episodes = fetch(server, w, min, EpisodeKind::IdleInTransaction).await?;
+    let limit = if group_by.is_some() { 0 } else { limit };
+    let episodes = fetch(server, w, min, EpisodeKind::IdleInTransaction, limit).await?;
     let Some(group_by) = group_by else {
         let rows: Vec<Row> = episodes.iter().map(row).collect();
         return Ok(render(&rows, SESSION_COLUMNS, format));
@@ -161,9 +173,10 @@ pub async fn slow(
     server: &str,
     w: &WindowArgs,
     min: &str,
+    limit: u32,
     format: Format,
 ) -> anyhow::Result<String> {
-    let episodes = fetch(server, w, min, EpisodeKind::SlowQuery).await?;
+    let episodes = fetch(server, w, min, EpisodeKind::SlowQuery, limit).await?;
     let rows: Vec<Row> = episodes
         .iter()
         .map(|e| {
@@ -198,9 +211,10 @@ pub async fn idle(
     server: &str,
     w: &WindowArgs,
     min: &str,
+    limit: u32,
     format: Format,
 ) -> anyhow::Result<String> {
-    let episodes = fetch(server, w, min, EpisodeKind::Idle).await?;
+    let episodes = fetch(server, w, min, EpisodeKind::Idle, limit).await?;
     let rows: Vec<Row> = episodes.iter().map(row).collect();
     Ok(render(&rows, SESSION_COLUMNS, format))
 }

@@ -19,7 +19,7 @@ pub async fn run(
     min: &str,
     format: Format,
 ) -> anyhow::Result<String> {
-    let waits = fetch(server, w, min, EpisodeKind::LockWait).await?;
+    let waits = fetch(server, w, min, EpisodeKind::LockWait, 0).await?;
     if format == Format::Table {
         return Ok(trees(&waits));
     }

@@ -35,9 +35,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             window,
             min,
             group_by,
-        } => episodes::leaks(server, &window, &min, group_by, f).await?,
-        Command::Slow { window, min } => episodes::slow(server, &window, &min, f).await?,
-        Command::Idle { window, min } => episodes::idle(server, &window, &min, f).await?,
+            limit,
+        } => episodes::leaks(server, &window, &min, group_by, limit, f).await?,
+        Command::Slow { window, min, limit } => {
+            episodes::slow(server, &window, &min, limit, f).await?
+        }
+        Command::Idle { window, min, limit } => {
+            episodes::idle(server, &window, &min, limit, f).await?
+        }
         Command::Locks { window, min } => locks::run(server, &window, &min, f).await?,
         Command::At { time, scope } => at::run(server, &time, &scope, f).await?,
         Command::Ps { at, scope } => ps::run(server, &at, &scope, f).await?,

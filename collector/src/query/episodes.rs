@@ -1,30 +1,40 @@
 //! Episodes of one kind overlapping a window, from the episodes maintained
 //! at ingest: closed ones by one range scan from the window's start, plus
-//! those still open.
+//! those still open. With a limit, the longest are chosen by their keys
+//! and only those are decoded (see [`Longest`]).
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
 
 use super::{check_window, History, QueryError};
-use crate::store::{EpisodeKind, EpisodeRecord, InstanceRecord};
+use crate::store::{EpisodeFilter, EpisodeKind, EpisodeRecord, InstanceRecord, Longest};
+
+/// An episode chosen for an answer, with its instance and port.
+type Found<'a> = (&'a InstanceRecord, Option<u32>, EpisodeRecord);
 
 impl History {
     /// Episodes of `kind` in `scope` that overlap `window` and lasted at
-    /// least `min_duration`. An episode still open lasts until the
-    /// instance's latest sample. Ordered by start.
+    /// least `min_duration`; with a `limit`, only that many, the longest
+    /// (the earliest start among equals). An episode still open lasts
+    /// until the instance's latest sample. Ordered by start, with how many
+    /// matched before the limit.
     pub fn episodes(
         &self,
         scope: &pb::Scope,
         window: &pb::Window,
         kind: EpisodeKind,
         min_duration: Micros,
-    ) -> Result<Vec<pb::Episode>, QueryError> {
+        limit: u32,
+    ) -> Result<pb::EpisodesResponse, QueryError> {
         check_window(window)?;
-        let mut out = Vec::new();
-        for r in self.resolve(scope)? {
-            out.extend(self.episodes_of(&r, window, kind, min_duration)?);
+        let instances = self.resolve(scope)?;
+        let mut chosen = Longest::new(limit as usize);
+        let mut matched = 0;
+        for r in &instances {
+            matched += self.choose(r, window, kind, min_duration, &mut chosen)?;
         }
-        out.sort_by(|a, b| {
+        let mut episodes = self.finish(kind, chosen)?;
+        episodes.sort_by(|a, b| {
             (a.started_us, &a.host, &a.instance, a.pid).cmp(&(
                 b.started_us,
                 &b.host,
@@ -32,10 +42,10 @@ impl History {
                 b.pid,
             ))
         });
-        Ok(out)
+        Ok(pb::EpisodesResponse { episodes, matched })
     }
 
-    /// One instance's episodes of `kind` overlapping `window`.
+    /// Every one of one instance's episodes of `kind` overlapping `window`.
     pub(crate) fn episodes_of(
         &self,
         r: &InstanceRecord,
@@ -43,38 +53,66 @@ impl History {
         kind: EpisodeKind,
         min_duration: Micros,
     ) -> Result<Vec<pb::Episode>, QueryError> {
+        let mut chosen = Longest::new(0);
+        self.choose(r, window, kind, min_duration, &mut chosen)?;
+        self.finish(kind, chosen)
+    }
+
+    /// Offers `chosen` one instance's episodes of `kind` that overlap
+    /// `window` and lasted at least `min_duration`; returns how many did.
+    fn choose<'a>(
+        &self,
+        r: &'a InstanceRecord,
+        window: &pb::Window,
+        kind: EpisodeKind,
+        min_duration: Micros,
+        chosen: &mut Longest<Found<'a>>,
+    ) -> Result<u64, QueryError> {
         let Some((_, last_sample)) = self.store.sample_bounds(r.id)? else {
-            return Ok(Vec::new());
+            return Ok(0);
         };
         let port = self.port_at(r, last_sample)?;
-        let closed = self.store.closed_episodes(kind, r.id, window.from_us)?;
-        let open = self
-            .store
-            .open_episodes(kind, r.id)?
-            .into_iter()
-            .map(|mut e| {
-                e.last_seen_us = e.last_seen_us.max(last_sample);
-                e
-            });
-        let mut found = Vec::new();
-        for e in closed.into_iter().chain(open) {
-            let end = e.ended_us.unwrap_or(e.last_seen_us);
-            if e.started_us > window.to_us || end < window.from_us {
-                continue;
-            }
-            if end - e.started_us < min_duration {
-                continue;
-            }
-            found.push(e);
+        let filter = EpisodeFilter {
+            ended_from: window.from_us,
+            started_to: window.to_us,
+            min_duration,
+            limit: chosen.limit(),
+        };
+        let (closed, mut matched) = self.store.closed_episodes(kind, r.id, &filter)?;
+        for e in closed {
+            let duration = e.ended_us.unwrap_or(e.last_seen_us) - e.started_us;
+            chosen.offer(duration, e.started_us, || (r, port, e));
         }
-        let texts = self.store.query_texts(&mut found.iter().flat_map(|e| {
-            e.query_id
-                .into_iter()
-                .chain(e.blockers.iter().filter_map(|b| b.query_id))
-        }))?;
+        for mut e in self.store.open_episodes(kind, r.id)? {
+            e.last_seen_us = e.last_seen_us.max(last_sample);
+            let end = e.ended_us.unwrap_or(e.last_seen_us);
+            let duration = end - e.started_us;
+            if e.started_us > window.to_us || end < window.from_us || duration < min_duration {
+                continue;
+            }
+            matched += 1;
+            chosen.offer(duration, e.started_us, || (r, port, e));
+        }
+        Ok(matched)
+    }
+
+    /// The chosen episodes as the wire has them, texts looked up.
+    fn finish(
+        &self,
+        kind: EpisodeKind,
+        chosen: Longest<Found<'_>>,
+    ) -> Result<Vec<pb::Episode>, QueryError> {
+        let found = chosen.into_longest_first();
+        let texts = self
+            .store
+            .query_texts(&mut found.iter().flat_map(|(_, _, e)| {
+                e.query_id
+                    .into_iter()
+                    .chain(e.blockers.iter().filter_map(|b| b.query_id))
+            }))?;
         Ok(found
             .into_iter()
-            .map(|e| episode(r, port, kind, e, &texts))
+            .map(|(r, port, e)| episode(r, port, kind, e, &texts))
             .collect())
     }
 }

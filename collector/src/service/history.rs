@@ -76,12 +76,9 @@ impl HistoryApi for HistoryService {
             .filter(|k| *k != pb::EpisodeKind::Unspecified)
             .ok_or(QueryError::NoKind)?;
         let min = r.min_duration_us;
-        self.answer(move |h| {
-            Ok(pb::EpisodesResponse {
-                episodes: h.episodes(&scope, &window, kind, min)?,
-            })
-        })
-        .await
+        let limit = r.limit;
+        self.answer(move |h| h.episodes(&scope, &window, kind, min, limit))
+            .await
     }
 
     async fn at(

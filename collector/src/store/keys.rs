@@ -99,6 +99,11 @@ pub fn closed_episode(
     k
 }
 
+/// When a closed episode ended and started, from its key.
+pub fn closed_episode_times(key: &[u8]) -> (Micros, Micros) {
+    (time_from(&key[5..13]), time_from(&key[17..25]))
+}
+
 /// `[kind][instance]`: the prefix of an instance's episodes of one kind.
 pub fn episode_prefix(kind: EpisodeKind, id: InstanceId) -> [u8; 5] {
     let mut k = [0u8; 5];
@@ -158,5 +163,6 @@ mod tests {
         let c = closed_episode(EpisodeKind::IdleInTransaction, 2, 10, 1, 5);
         assert!(a < b && b < c);
         assert!(a.starts_with(&episode_prefix(EpisodeKind::IdleInTransaction, 1)));
+        assert_eq!(closed_episode_times(&b), (200, 10));
     }
 }

@@ -40,10 +40,12 @@ mod chain;
 mod delta;
 mod expire;
 mod keys;
+mod longest;
 mod records;
 mod sled;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
+pub use self::longest::Longest;
 pub use self::records::{
     BlockerRecord, EpisodeRecord, InstanceRecord, Max, PeakRollup, Rollup, StoredSample,
 };
@@ -113,6 +115,20 @@ pub struct Append {
     pub dropped: u64,
 }
 
+/// Which closed episodes to read.
+#[derive(Debug, Clone, Copy)]
+pub struct EpisodeFilter {
+    /// Ended at or after this.
+    pub ended_from: Micros,
+    /// Started at or before this.
+    pub started_to: Micros,
+    /// Lasted at least this long.
+    pub min_duration: Micros,
+    /// At most this many, the longest (the earliest start among equals);
+    /// 0 for all.
+    pub limit: usize,
+}
+
 /// The collector's history.
 pub trait Store: Send + Sync + 'static {
     /// The id of (host, instance), registering it when new.
@@ -173,13 +189,15 @@ pub trait Store: Send + Sync + 'static {
         instance: InstanceId,
         t: Micros,
     ) -> Result<Option<pb::InstanceFacts>, StoreError>;
-    /// Closed episodes that ended at or after `ended_from`.
+    /// Closed episodes that `filter` lets through, longest first, and how
+    /// many matched it before its limit. Episodes are chosen by their keys;
+    /// only those returned are decoded.
     fn closed_episodes(
         &self,
         kind: EpisodeKind,
         instance: InstanceId,
-        ended_from: Micros,
-    ) -> Result<Vec<EpisodeRecord>, StoreError>;
+        filter: &EpisodeFilter,
+    ) -> Result<(Vec<EpisodeRecord>, u64), StoreError>;
     /// Episodes still open.
     fn open_episodes(
         &self,

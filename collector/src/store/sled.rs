@@ -13,8 +13,9 @@ use sled::{Transactional, Tree};
 use super::delta::Rows;
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
+use super::longest::Longest;
 use super::records::{EpisodeRecord, InstanceRecord, PeakRollup, Rollup, StoredSample};
-use super::{Append, Store, StoreError};
+use super::{Append, EpisodeFilter, Store, StoreError};
 
 /// The layout version this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -398,18 +399,32 @@ impl Store for SledStore {
         &self,
         kind: EpisodeKind,
         instance: InstanceId,
-        ended_from: Micros,
-    ) -> Result<Vec<EpisodeRecord>, StoreError> {
+        filter: &EpisodeFilter,
+    ) -> Result<(Vec<EpisodeRecord>, u64), StoreError> {
         let prefix = keys::episode_prefix(kind, instance);
         // A key shorter than the full key sorts before every full key that
         // extends it.
         let mut start = prefix.to_vec();
-        start.extend_from_slice(&keys::time_bytes(ended_from));
-        self.episodes
-            .range(start..)
-            .take_while(|e| e.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
-            .map(|e| decode("episodes", &e?.1))
-            .collect()
+        start.extend_from_slice(&keys::time_bytes(filter.ended_from));
+        let mut longest = Longest::new(filter.limit);
+        for entry in self.episodes.range(start..) {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let (ended, started) = keys::closed_episode_times(&key);
+            if started > filter.started_to || ended - started < filter.min_duration {
+                continue;
+            }
+            longest.offer(ended - started, started, || value);
+        }
+        let matched = longest.offered();
+        let records = longest
+            .into_longest_first()
+            .iter()
+            .map(|v| decode("episodes", v))
+            .collect::<Result<_, _>>()?;
+        Ok((records, matched))
     }
 
     fn open_episodes(
