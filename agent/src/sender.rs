@@ -102,8 +102,8 @@ impl Sender {
         self.close();
     }
 
-    fn close(&self) {
-        if let Err(e) = self.spool.sync() {
+    fn close(&mut self) {
+        if let Err(e) = self.spool.close() {
             warn!(error = %error_chain(&e), "cannot flush the spool");
         }
         if self.spool.unacked() > 0 {

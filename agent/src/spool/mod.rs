@@ -19,7 +19,11 @@
 //!   order, skipping acknowledged ones; a new stream starts from the
 //!   beginning.
 //! - **Acknowledged means gone.** A segment whose records are all
-//!   acknowledged is deleted at once. Acknowledgements are not written
+//!   acknowledged is deleted at once, except the newest, which is emptied
+//!   (truncated) and appended to again, so that a spool that keeps up with
+//!   the collector does not create and delete a file every sample; it is
+//!   deleted when the agent stops, and an empty segment found at a restart
+//!   is deleted then. Acknowledgements are not written
 //!   down: after a restart the records of the remaining segments are sent
 //!   again, and the collector recognises the ones it has (same instance and
 //!   sample time) and acknowledges them as duplicates.
@@ -278,9 +282,18 @@ impl Spool {
             return Ok(false);
         };
         if self.segments[i].unacked == 0 {
-            let done = self.segments.remove(i).expect("found above");
-            self.bytes -= done.bytes;
-            done.remove()?;
+            if i + 1 == self.segments.len() {
+                // The newest: emptied under a new number, so that a cursor
+                // that read it starts it afresh.
+                let tail = &mut self.segments[i];
+                self.bytes -= tail.bytes;
+                tail.empty(self.next_id)?;
+                self.next_id += 1;
+            } else {
+                let done = self.segments.remove(i).expect("found above");
+                self.bytes -= done.bytes;
+                done.remove()?;
+            }
         }
         Ok(true)
     }
@@ -328,6 +341,17 @@ impl Spool {
             Some(s) => s.sync(),
             None => Ok(()),
         }
+    }
+
+    /// For a stopping agent: flushes the newest segment to disk, or deletes
+    /// it when it was emptied, so that a spool whose records are all
+    /// acknowledged leaves no segment behind.
+    pub fn close(&mut self) -> Result<(), SpoolError> {
+        if self.segments.back().is_some_and(|s| s.records.is_empty()) {
+            let tail = self.segments.pop_back().expect("checked above");
+            return tail.remove();
+        }
+        self.sync()
     }
 }
 

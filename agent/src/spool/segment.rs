@@ -45,7 +45,8 @@ pub struct Meta {
 /// One segment file and the records in it.
 #[derive(Debug)]
 pub struct Segment {
-    /// Its number; files are named by it, and older segments have lower ones.
+    /// Its number; older segments have lower ones. The file is named by
+    /// the number it was created with (an emptied segment takes a new one).
     pub id: u64,
     /// Its size in bytes.
     pub bytes: u64,
@@ -182,6 +183,19 @@ impl Segment {
         self.file
             .sync_data()
             .map_err(|e| SpoolError::io("sync", &self.path, e))
+    }
+
+    /// Drops every record (truncates the file) and takes the number `id`;
+    /// the file keeps its name.
+    pub fn empty(&mut self, id: u64) -> Result<(), SpoolError> {
+        self.file
+            .set_len(0)
+            .map_err(|e| SpoolError::io("truncate", &self.path, e))?;
+        self.id = id;
+        self.bytes = 0;
+        self.records.clear();
+        self.unacked = 0;
+        Ok(())
     }
 
     /// Deletes the file.

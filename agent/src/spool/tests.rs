@@ -166,3 +166,35 @@ fn a_record_held_in_memory_and_one_read_from_disk_are_the_same() {
     assert_eq!(held, [taken.clone()]);
     assert_eq!(read, [taken]);
 }
+
+#[test]
+fn the_newest_segment_is_emptied_when_acknowledged_and_written_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = || std::fs::read_dir(dir.path()).unwrap().count();
+    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    let mut reader = Cursor::default();
+    for t in 1..=3 {
+        spool.push(snapshot("a", t, "SELECT 1")).unwrap();
+        let sent = spool.next(&mut reader).unwrap().unwrap();
+        assert_eq!(sent.snapshot.sampled_at, t);
+        assert!(spool.ack("a", sent.snapshot.seq).unwrap());
+        assert_eq!((spool.bytes(), spool.unacked()), (0, 0));
+        // One segment file (emptied) and `seqs`.
+        assert_eq!(files(), 2);
+    }
+    assert!(!spool.has_next(&reader));
+    // As a killed agent leaves it.
+    drop(spool);
+    let seg = dir.path().join(segment::file_name(0));
+    assert_eq!(std::fs::metadata(&seg).unwrap().len(), 0);
+    let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(spool.unacked(), 0);
+    assert!(!seg.exists(), "an empty segment is deleted at a restart");
+    // A stopping agent deletes it.
+    spool.push(snapshot("a", 4, "SELECT 1")).unwrap();
+    let sent = spool.next(&mut Cursor::default()).unwrap().unwrap();
+    spool.ack("a", sent.snapshot.seq).unwrap();
+    assert_eq!(files(), 2);
+    spool.close().unwrap();
+    assert_eq!(files(), 1, "only `seqs` is left");
+}
