@@ -1,6 +1,6 @@
 //! Choosing episodes on a real sled store: with a limit the longest are
-//! returned (closed and open, across instances), ordered by start, with how
-//! many matched; the window and the minimum duration still apply.
+//! returned (closed and open, across instances), ordered by start, saying
+//! whether more matched; the window and the minimum duration still apply.
 
 use pgtrail_collector::Collector;
 use pgtrail_proto::model::{Snapshot, IDLE_IN_TRANSACTION};
@@ -63,7 +63,7 @@ fn leaks(
     to: Micros,
     min: Micros,
     limit: u32,
-) -> (Vec<i32>, u64) {
+) -> (Vec<i32>, bool) {
     let answer = collector
         .history()
         .episodes(
@@ -78,7 +78,7 @@ fn leaks(
         )
         .unwrap();
     let pids = answer.episodes.iter().map(|e| e.pid).collect();
-    (pids, answer.matched)
+    (pids, answer.more)
 }
 
 #[tokio::test]
@@ -101,22 +101,27 @@ async fn a_limit_keeps_the_longest_episodes_of_the_fleet() {
 
     assert_eq!(
         leaks(&collector, T, LAST, 0, 0),
-        (vec![101, 201, 102, 103, 202], 5),
+        (vec![101, 201, 102, 103, 202], false),
         "no limit: every episode, by start"
     );
     assert_eq!(
+        leaks(&collector, T, LAST, 0, 5),
+        (vec![101, 201, 102, 103, 202], false),
+        "a limit as large as the answer cuts nothing"
+    );
+    assert_eq!(
         leaks(&collector, T, LAST, 0, 2),
-        (vec![102, 202], 5),
-        "the two longest (the open one included), by start, and all that matched"
+        (vec![102, 202], true),
+        "the two longest (the open one included), by start, and more matched"
     );
     assert_eq!(
         leaks(&collector, T, LAST, 4 * SECOND, 3),
-        (vec![201, 102, 202], 4),
+        (vec![201, 102, 202], true),
         "the minimum applies before the limit"
     );
     assert_eq!(
         leaks(&collector, T, T + 20 * SECOND, 0, 1),
-        (vec![102], 3),
+        (vec![102], true),
         "only episodes overlapping the window compete"
     );
     let durations: Vec<Micros> = collector

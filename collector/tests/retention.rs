@@ -68,18 +68,24 @@ async fn old_data_goes_and_recent_data_stays() {
     }
     let history = collector.history();
     let all = pb::Scope::default();
+    // Every episode, and the ten longest (read through the index by
+    // length): both see the same episodes come and go.
     let leaks = |from, to| {
-        history
-            .episodes(
-                &all,
-                &window(from, to),
-                pb::EpisodeKind::IdleInTransaction,
-                0,
-                0,
-            )
-            .unwrap()
-            .episodes
-            .len()
+        let [all, longest] = [0, 10].map(|limit| {
+            history
+                .episodes(
+                    &all,
+                    &window(from, to),
+                    pb::EpisodeKind::IdleInTransaction,
+                    0,
+                    limit,
+                )
+                .unwrap()
+                .episodes
+                .len()
+        });
+        assert_eq!(all, longest);
+        all
     };
     let peaks = |from: Micros| {
         history

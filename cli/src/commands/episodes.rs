@@ -50,11 +50,10 @@ pub async fn fetch(
         .await
         .map_err(client::status)?
         .into_inner();
-    let shown = answer.episodes.len() as u64;
-    if answer.matched > shown {
+    if answer.more {
         eprintln!(
-            "note: the {shown} longest of {} episodes; --limit 0 shows all",
-            answer.matched
+            "note: the {} longest episodes; more matched (--limit 0 shows all)",
+            answer.episodes.len()
         );
     }
     Ok(answer.episodes)

@@ -1,23 +1,32 @@
 //! Episodes of one kind overlapping a window, from the episodes maintained
 //! at ingest: closed ones by one range scan from the window's start, plus
-//! those still open. With a limit, the longest are chosen by their keys
-//! and only those are decoded (see [`Longest`]).
+//! those still open. With a limit, each instance's longest come from the
+//! store's index by length, the fleet's longest are kept (see
+//! [`Longest`]), and only those are decoded.
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
 
+use super::longest::Longest;
 use super::{check_window, History, QueryError};
-use crate::store::{EpisodeFilter, EpisodeKind, EpisodeRecord, InstanceRecord, Longest};
+use crate::store::{EpisodeFilter, EpisodeKind, EpisodeRecord, EpisodeSpan, InstanceRecord};
 
-/// An episode chosen for an answer, with its instance and port.
-type Found<'a> = (&'a InstanceRecord, Option<u32>, EpisodeRecord);
+/// An episode chosen for an answer: an open one read whole, or a closed
+/// one known by its span until it is fetched.
+enum Chosen {
+    Whole(Box<EpisodeRecord>),
+    Span(EpisodeSpan),
+}
+
+/// A chosen episode with its instance and port.
+type Found<'a> = (&'a InstanceRecord, Option<u32>, Chosen);
 
 impl History {
     /// Episodes of `kind` in `scope` that overlap `window` and lasted at
     /// least `min_duration`; with a `limit`, only that many, the longest
     /// (the earliest start among equals). An episode still open lasts
-    /// until the instance's latest sample. Ordered by start, with how many
-    /// matched before the limit.
+    /// until the instance's latest sample. Ordered by start; says whether
+    /// more matched than the limit let through.
     pub fn episodes(
         &self,
         scope: &pb::Scope,
@@ -28,11 +37,12 @@ impl History {
     ) -> Result<pb::EpisodesResponse, QueryError> {
         check_window(window)?;
         let instances = self.resolve(scope)?;
-        let mut chosen = Longest::new(limit as usize);
-        let mut matched = 0;
+        let limit = limit as usize;
+        let mut chosen = Longest::new(limit);
         for r in &instances {
-            matched += self.choose(r, window, kind, min_duration, &mut chosen)?;
+            self.choose(r, window, kind, min_duration, &mut chosen)?;
         }
+        let more = limit > 0 && chosen.offered() > limit as u64;
         let mut episodes = self.finish(kind, chosen)?;
         episodes.sort_by(|a, b| {
             (a.started_us, &a.host, &a.instance, a.pid).cmp(&(
@@ -42,7 +52,7 @@ impl History {
                 b.pid,
             ))
         });
-        Ok(pb::EpisodesResponse { episodes, matched })
+        Ok(pb::EpisodesResponse { episodes, more })
     }
 
     /// Every one of one instance's episodes of `kind` overlapping `window`.
@@ -59,7 +69,9 @@ impl History {
     }
 
     /// Offers `chosen` one instance's episodes of `kind` that overlap
-    /// `window` and lasted at least `min_duration`; returns how many did.
+    /// `window` and lasted at least `min_duration`: with a limit, only that
+    /// instance's longest (one more than the limit, so the caller can tell
+    /// whether there were more), from the store's index by length.
     fn choose<'a>(
         &self,
         r: &'a InstanceRecord,
@@ -67,21 +79,30 @@ impl History {
         kind: EpisodeKind,
         min_duration: Micros,
         chosen: &mut Longest<Found<'a>>,
-    ) -> Result<u64, QueryError> {
+    ) -> Result<(), QueryError> {
         let Some((_, last_sample)) = self.store.sample_bounds(r.id)? else {
-            return Ok(0);
+            return Ok(());
         };
         let port = self.port_at(r, last_sample)?;
         let filter = EpisodeFilter {
             ended_from: window.from_us,
             started_to: window.to_us,
             min_duration,
-            limit: chosen.limit(),
         };
-        let (closed, mut matched) = self.store.closed_episodes(kind, r.id, &filter)?;
-        for e in closed {
-            let duration = e.ended_us.unwrap_or(e.last_seen_us) - e.started_us;
-            chosen.offer(duration, e.started_us, || (r, port, e));
+        if chosen.limit() == 0 {
+            for e in self.store.closed_episodes(kind, r.id, &filter)? {
+                let duration = e.ended_us.unwrap_or(e.last_seen_us) - e.started_us;
+                chosen.offer(duration, e.started_us, || {
+                    (r, port, Chosen::Whole(Box::new(e)))
+                });
+            }
+        } else {
+            let n = chosen.limit() + 1;
+            for span in self.store.longest_closed_episodes(kind, r.id, &filter, n)? {
+                chosen.offer(span.duration(), span.started_us, || {
+                    (r, port, Chosen::Span(span))
+                });
+            }
         }
         for mut e in self.store.open_episodes(kind, r.id)? {
             e.last_seen_us = e.last_seen_us.max(last_sample);
@@ -90,19 +111,29 @@ impl History {
             if e.started_us > window.to_us || end < window.from_us || duration < min_duration {
                 continue;
             }
-            matched += 1;
-            chosen.offer(duration, e.started_us, || (r, port, e));
+            chosen.offer(duration, e.started_us, || {
+                (r, port, Chosen::Whole(Box::new(e)))
+            });
         }
-        Ok(matched)
+        Ok(())
     }
 
-    /// The chosen episodes as the wire has them, texts looked up.
+    /// The chosen episodes as the wire has them: closed ones fetched,
+    /// texts looked up.
     fn finish(
         &self,
         kind: EpisodeKind,
         chosen: Longest<Found<'_>>,
     ) -> Result<Vec<pb::Episode>, QueryError> {
-        let found = chosen.into_longest_first();
+        let mut found = Vec::new();
+        for (r, port, c) in chosen.into_longest_first() {
+            let record = match c {
+                Chosen::Whole(e) => Some(*e),
+                Chosen::Span(span) => self.store.closed_episode(kind, r.id, &span)?,
+            };
+            // An episode expired since its span was read is left out.
+            found.extend(record.map(|e| (r, port, e)));
+        }
         let texts = self
             .store
             .query_texts(&mut found.iter().flat_map(|(_, _, e)| {

@@ -8,6 +8,7 @@ mod at;
 mod churn;
 mod episodes;
 mod health;
+mod longest;
 mod mem;
 mod peaks;
 mod scope;

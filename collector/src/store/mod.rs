@@ -16,6 +16,7 @@
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
 //! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`]         |
 //! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
+//! | `episode_lengths` | kind u8, instance u32, !duration, started, pid | empty: an index of `episodes` by length |
 //! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
 //! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
 //!
@@ -28,6 +29,9 @@
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
 //! - An episode is in `open_episodes` or in `episodes`, never both.
+//! - Every key of `episode_lengths` has its episode in `episodes`: both
+//!   are written in one transaction, and retention removes an index key
+//!   before its episode.
 //! - A rollup is the merge of every sample in its stretch (see
 //!   [`crate::ingest::rollup`]); merging is order-independent, so a late
 //!   sample folds in like any other.
@@ -40,12 +44,10 @@ mod chain;
 mod delta;
 mod expire;
 mod keys;
-mod longest;
 mod records;
 mod sled;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
-pub use self::longest::Longest;
 pub use self::records::{
     BlockerRecord, EpisodeRecord, InstanceRecord, Max, PeakRollup, Rollup, StoredSample,
 };
@@ -124,9 +126,24 @@ pub struct EpisodeFilter {
     pub started_to: Micros,
     /// Lasted at least this long.
     pub min_duration: Micros,
-    /// At most this many, the longest (the earliest start among equals);
-    /// 0 for all.
-    pub limit: usize,
+}
+
+/// Where a closed episode sits in time: enough to rank it and to fetch it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpisodeSpan {
+    /// The session's pid.
+    pub pid: i32,
+    /// When it started.
+    pub started_us: Micros,
+    /// When it ended.
+    pub ended_us: Micros,
+}
+
+impl EpisodeSpan {
+    /// How long it lasted.
+    pub fn duration(&self) -> Micros {
+        self.ended_us - self.started_us
+    }
 }
 
 /// The collector's history.
@@ -189,15 +206,31 @@ pub trait Store: Send + Sync + 'static {
         instance: InstanceId,
         t: Micros,
     ) -> Result<Option<pb::InstanceFacts>, StoreError>;
-    /// Closed episodes that `filter` lets through, longest first, and how
-    /// many matched it before its limit. Episodes are chosen by their keys;
-    /// only those returned are decoded.
+    /// Closed episodes that `filter` lets through, in the order they
+    /// ended.
     fn closed_episodes(
         &self,
         kind: EpisodeKind,
         instance: InstanceId,
         filter: &EpisodeFilter,
-    ) -> Result<(Vec<EpisodeRecord>, u64), StoreError>;
+    ) -> Result<Vec<EpisodeRecord>, StoreError>;
+    /// The `n` longest closed episodes that `filter` lets through (the
+    /// earliest start among equals), longest first, as spans: read from an
+    /// index by length, without decoding any episode.
+    fn longest_closed_episodes(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        filter: &EpisodeFilter,
+        n: usize,
+    ) -> Result<Vec<EpisodeSpan>, StoreError>;
+    /// The closed episode of this span, if still stored.
+    fn closed_episode(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        span: &EpisodeSpan,
+    ) -> Result<Option<EpisodeRecord>, StoreError>;
     /// Episodes still open.
     fn open_episodes(
         &self,

@@ -1,7 +1,6 @@
 //! Keeping the longest few of a stream of episodes without holding the
-//! rest: a bounded min-heap on (duration, earlier start). Used where a
-//! question asks for the `limit` longest of more episodes than it should
-//! decode or return.
+//! rest: a bounded min-heap on (duration, earlier start). It merges the
+//! longest episodes of each instance into the fleet's longest.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
