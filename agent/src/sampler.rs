@@ -20,7 +20,7 @@ use crate::config::{
 use crate::error::AgentError;
 use crate::os::memory::{self, CgroupMemory};
 use crate::os::{proc_access_advice, read_process, Clock, ProcessTree};
-use crate::pg::activity::{activity_sql, session_from_row};
+use crate::pg::activity::{activity_sql, session_from_row, ActivityColumns};
 use crate::pg::facts::{fingerprint_sql, read_facts};
 use crate::pg::privilege::{read_privileges, PRIVILEGE_ADVICE};
 
@@ -71,6 +71,7 @@ pub struct Sampler {
 struct Connection {
     client: Client,
     activity: Statement,
+    columns: ActivityColumns,
     fingerprint_stmt: Statement,
     fingerprint: (SystemTime, SystemTime),
     facts: pb::InstanceFacts,
@@ -162,7 +163,8 @@ impl Sampler {
         let mut queries = QueryTexts::new();
         for row in &rows {
             let (session, text) =
-                session_from_row(row, self.options.normalize_queries).map_err(query_err)?;
+                session_from_row(row, &conn.columns, self.options.normalize_queries)
+                    .map_err(query_err)?;
             if let (Some(id), Some(text)) = (session.query_id, text) {
                 queries.entry(id).or_insert_with(|| text.into());
             }
@@ -262,6 +264,7 @@ impl Sampler {
         }
         Ok(Connection {
             cgroup: postmaster.and_then(CgroupMemory::of),
+            columns: ActivityColumns::of(activity.columns()),
             activity,
             fingerprint_stmt,
             fingerprint: (row.get(0), row.get(1)),
