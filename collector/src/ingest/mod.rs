@@ -9,6 +9,7 @@
 mod durable;
 pub mod episodes;
 pub mod instance;
+pub mod longest;
 mod open_set;
 pub mod rollup;
 
@@ -25,7 +26,8 @@ use self::episodes::{SessionEpisodes, SESSION_KINDS};
 use self::instance::InstanceEpisodes;
 use self::rollup::Context;
 use crate::store::{
-    Append, EpisodeKind, InstanceId, Resolution, Rollup, Store, StoreError, StoredSample,
+    Append, EpisodeKind, EpisodeRecord, EpisodeSpan, InstanceId, Resolution, Rollup, Store,
+    StoreError, StoredSample,
 };
 
 /// Instance-level episode kinds (the others are per session).
@@ -187,13 +189,14 @@ impl Ingestor {
             rollup::sample_rollup(snapshot, &alone)
         };
         let cache = std::mem::take(&mut state.rollups);
-        let rollups = self.fold_rollups(state.id, cache, t, &sample_rollup)?;
+        let mut rollups = self.fold_rollups(state.id, cache, t, &sample_rollup)?;
         let mut changes = Changes::default();
         if in_order {
             changes.extend(state.sessions.observe(snapshot));
             let in_force = facts.as_ref().or(state.facts.as_ref());
             changes.extend(state.instance.observe(snapshot, in_force));
         }
+        self.note_ended(state.id, &mut rollups, &changes.closed)?;
         let append = Append {
             instance: state.id,
             sampled_at: t,
@@ -268,6 +271,10 @@ impl Ingestor {
         let (minute_start, mut minute) = current(Resolution::Minute)?;
         rollup::fold_into_minute(&mut minute, sample);
         let (hour_start, mut hour) = current(Resolution::Hour)?;
+        if hour.samples == 0 {
+            // A new hour: its list of longest episodes starts complete.
+            hour.longest_tracked = true;
+        }
         rollup::merge(&mut hour, sample);
         hour.max_started_per_minute = hour
             .max_started_per_minute
@@ -276,6 +283,43 @@ impl Ingestor {
             (Resolution::Minute, minute_start, minute),
             (Resolution::Hour, hour_start, hour),
         ])
+    }
+
+    /// Notes each closed episode in the rollup of the hour it ended in: the
+    /// current hour's, or (an episode that ended before the sample that
+    /// saw it end, across an hour's start) an earlier one, added to
+    /// `rollups` so it is written with the sample.
+    fn note_ended(
+        &self,
+        id: InstanceId,
+        rollups: &mut Vec<(Resolution, Micros, Rollup)>,
+        closed: &[(EpisodeKind, EpisodeRecord)],
+    ) -> Result<(), StoreError> {
+        for (kind, e) in closed {
+            let span = EpisodeSpan {
+                pid: e.pid,
+                started_us: e.started_us,
+                ended_us: e.ended_us.unwrap_or(e.last_seen_us),
+            };
+            let start = Resolution::Hour.start_of(span.ended_us);
+            let at = rollups
+                .iter()
+                .position(|(r, s, _)| *r == Resolution::Hour && *s == start);
+            let at = match at {
+                Some(at) => at,
+                None => {
+                    let hour = self.store.rollup(id, Resolution::Hour, start)?;
+                    let hour = hour.unwrap_or_else(|| Rollup {
+                        longest_tracked: true,
+                        ..Default::default()
+                    });
+                    rollups.push((Resolution::Hour, start, hour));
+                    rollups.len() - 1
+                }
+            };
+            longest::note_ended(&mut rollups[at].2, *kind, span);
+        }
+        Ok(())
     }
 }
 

@@ -1,15 +1,24 @@
 //! Episodes of one kind overlapping a window, from the episodes maintained
 //! at ingest: closed ones by one range scan from the window's start, plus
-//! those still open. With a limit, each instance's longest come from the
-//! store's index by length, the fleet's longest are kept (see
-//! [`Longest`]), and only those are decoded.
+//! those still open.
+//!
+//! With a limit, the longest are chosen from the hour rollups' lists of
+//! the longest episodes that ended in each hour (see
+//! [`crate::ingest::longest`]): every listed one competes, and an hour
+//! that ended more episodes than it lists is scanned (by key, nothing
+//! decoded) only while its shortest listed one could still make the cut.
+//! Only the chosen episodes are decoded.
+
+use std::cmp::Reverse;
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
 
 use super::longest::Longest;
 use super::{check_window, History, QueryError};
-use crate::store::{EpisodeFilter, EpisodeKind, EpisodeRecord, EpisodeSpan, InstanceRecord};
+use crate::store::{
+    EpisodeFilter, EpisodeKind, EpisodeRecord, EpisodeSpan, InstanceRecord, Resolution,
+};
 
 /// An episode chosen for an answer: an open one read whole, or a closed
 /// one known by its span until it is fetched.
@@ -18,8 +27,39 @@ enum Chosen {
     Span(EpisodeSpan),
 }
 
+/// What a question asks for: episodes of a kind that overlap a window and
+/// lasted at least so long.
+#[derive(Clone, Copy)]
+struct Asked<'w> {
+    window: &'w pb::Window,
+    kind: EpisodeKind,
+    min_duration: Micros,
+}
+
+impl Asked<'_> {
+    /// The closed episodes that answer it.
+    fn filter(&self) -> EpisodeFilter {
+        EpisodeFilter {
+            ended_from: self.window.from_us,
+            ended_to: Micros::MAX,
+            started_to: self.window.to_us,
+            min_duration: self.min_duration,
+        }
+    }
+}
+
 /// A chosen episode with its instance and port.
 type Found<'a> = (&'a InstanceRecord, Option<u32>, Chosen);
+
+/// An hour that ended more episodes than it lists (or that lists none,
+/// being older than the lists): those left out are no longer than `bound`.
+struct Unlisted<'a> {
+    r: &'a InstanceRecord,
+    port: Option<u32>,
+    start: Micros,
+    bound: Micros,
+    listed: Vec<EpisodeSpan>,
+}
 
 impl History {
     /// Episodes of `kind` in `scope` that overlap `window` and lasted at
@@ -38,11 +78,33 @@ impl History {
         check_window(window)?;
         let instances = self.resolve(scope)?;
         let limit = limit as usize;
+        let asked = Asked {
+            window,
+            kind,
+            min_duration,
+        };
         let mut chosen = Longest::new(limit);
+        let mut unlisted = Vec::new();
         for r in &instances {
-            self.choose(r, window, kind, min_duration, &mut chosen)?;
+            let Some(port) = self.offer_open(r, asked, &mut chosen)? else {
+                continue;
+            };
+            if limit == 0 {
+                self.offer_closed(r, port, asked, &mut chosen)?;
+            } else {
+                self.offer_listed(r, port, asked, &mut chosen, &mut unlisted)?;
+            }
         }
-        let more = limit > 0 && chosen.offered() > limit as u64;
+        let mut more = false;
+        unlisted.sort_by_key(|h| Reverse(h.bound));
+        for hour in unlisted {
+            if !chosen.wants(hour.bound, Micros::MIN) {
+                more |= hour.bound >= min_duration;
+                break;
+            }
+            self.offer_unlisted(&hour, asked, &mut chosen)?;
+        }
+        more |= limit > 0 && chosen.offered() > limit as u64;
         let mut episodes = self.finish(kind, chosen)?;
         episodes.sort_by(|a, b| {
             (a.started_us, &a.host, &a.instance, a.pid).cmp(&(
@@ -63,57 +125,127 @@ impl History {
         kind: EpisodeKind,
         min_duration: Micros,
     ) -> Result<Vec<pb::Episode>, QueryError> {
+        let asked = Asked {
+            window,
+            kind,
+            min_duration,
+        };
         let mut chosen = Longest::new(0);
-        self.choose(r, window, kind, min_duration, &mut chosen)?;
+        if let Some(port) = self.offer_open(r, asked, &mut chosen)? {
+            self.offer_closed(r, port, asked, &mut chosen)?;
+        }
         self.finish(kind, chosen)
     }
 
-    /// Offers `chosen` one instance's episodes of `kind` that overlap
-    /// `window` and lasted at least `min_duration`: with a limit, only that
-    /// instance's longest (one more than the limit, so the caller can tell
-    /// whether there were more), from the store's index by length.
-    fn choose<'a>(
+    /// Offers `chosen` the instance's open episodes that match; returns its
+    /// port, or `None` when it has no samples.
+    fn offer_open<'a>(
         &self,
         r: &'a InstanceRecord,
-        window: &pb::Window,
-        kind: EpisodeKind,
-        min_duration: Micros,
+        asked: Asked,
         chosen: &mut Longest<Found<'a>>,
-    ) -> Result<(), QueryError> {
+    ) -> Result<Option<Option<u32>>, QueryError> {
         let Some((_, last_sample)) = self.store.sample_bounds(r.id)? else {
-            return Ok(());
+            return Ok(None);
         };
         let port = self.port_at(r, last_sample)?;
-        let filter = EpisodeFilter {
-            ended_from: window.from_us,
-            started_to: window.to_us,
-            min_duration,
-        };
-        if chosen.limit() == 0 {
-            for e in self.store.closed_episodes(kind, r.id, &filter)? {
-                let duration = e.ended_us.unwrap_or(e.last_seen_us) - e.started_us;
-                chosen.offer(duration, e.started_us, || {
-                    (r, port, Chosen::Whole(Box::new(e)))
-                });
-            }
-        } else {
-            let n = chosen.limit() + 1;
-            for span in self.store.longest_closed_episodes(kind, r.id, &filter, n)? {
-                chosen.offer(span.duration(), span.started_us, || {
-                    (r, port, Chosen::Span(span))
-                });
-            }
-        }
-        for mut e in self.store.open_episodes(kind, r.id)? {
+        let window = asked.window;
+        for mut e in self.store.open_episodes(asked.kind, r.id)? {
             e.last_seen_us = e.last_seen_us.max(last_sample);
             let end = e.ended_us.unwrap_or(e.last_seen_us);
             let duration = end - e.started_us;
-            if e.started_us > window.to_us || end < window.from_us || duration < min_duration {
+            if e.started_us > window.to_us || end < window.from_us || duration < asked.min_duration
+            {
                 continue;
             }
             chosen.offer(duration, e.started_us, || {
                 (r, port, Chosen::Whole(Box::new(e)))
             });
+        }
+        Ok(Some(port))
+    }
+
+    /// Offers `chosen` every closed episode that matches, read whole.
+    fn offer_closed<'a>(
+        &self,
+        r: &'a InstanceRecord,
+        port: Option<u32>,
+        asked: Asked,
+        chosen: &mut Longest<Found<'a>>,
+    ) -> Result<(), QueryError> {
+        for e in self
+            .store
+            .closed_episodes(asked.kind, r.id, &asked.filter())?
+        {
+            let duration = e.ended_us.unwrap_or(e.last_seen_us) - e.started_us;
+            chosen.offer(duration, e.started_us, || {
+                (r, port, Chosen::Whole(Box::new(e)))
+            });
+        }
+        Ok(())
+    }
+
+    /// Offers `chosen` the closed episodes the hour rollups list, and
+    /// collects the hours that may hold more.
+    fn offer_listed<'a>(
+        &self,
+        r: &'a InstanceRecord,
+        port: Option<u32>,
+        asked: Asked,
+        chosen: &mut Longest<Found<'a>>,
+        unlisted: &mut Vec<Unlisted<'a>>,
+    ) -> Result<(), QueryError> {
+        let filter = asked.filter();
+        let first = Resolution::Hour.start_of(asked.window.from_us);
+        for (start, hour) in self.store.episode_rollups(r.id, first, Micros::MAX)? {
+            let list = hour
+                .longest
+                .into_iter()
+                .find(|l| l.kind == asked.kind as i32)
+                .unwrap_or_default();
+            for span in list.spans.iter().filter(|s| filter.lets_through(s)) {
+                chosen.offer(span.duration(), span.started_us, || {
+                    (r, port, Chosen::Span(*span))
+                });
+            }
+            if !hour.longest_tracked || list.ended > list.spans.len() as u64 {
+                let bound = match list.spans.last() {
+                    Some(s) if hour.longest_tracked => s.duration(),
+                    _ => Micros::MAX,
+                };
+                unlisted.push(Unlisted {
+                    r,
+                    port,
+                    start,
+                    bound,
+                    listed: list.spans,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Offers `chosen` the episodes of an hour that its list left out.
+    fn offer_unlisted<'a>(
+        &self,
+        hour: &Unlisted<'a>,
+        asked: Asked,
+        chosen: &mut Longest<Found<'a>>,
+    ) -> Result<(), QueryError> {
+        let filter = EpisodeFilter {
+            ended_from: hour.start.max(asked.window.from_us),
+            ended_to: hour.start + Resolution::Hour.span() - 1,
+            ..asked.filter()
+        };
+        for span in self
+            .store
+            .closed_episode_spans(asked.kind, hour.r.id, &filter)?
+        {
+            if !hour.listed.contains(&span) {
+                chosen.offer(span.duration(), span.started_us, || {
+                    (hour.r, hour.port, Chosen::Span(span))
+                });
+            }
         }
         Ok(())
     }

@@ -87,11 +87,6 @@ impl<T> Longest<T> {
         }
     }
 
-    /// The most it keeps; 0 for no bound.
-    pub fn limit(&self) -> usize {
-        self.limit
-    }
-
     /// How many items were offered.
     pub fn offered(&self) -> u64 {
         self.offered

@@ -3,7 +3,7 @@
 
 use sled::Tree;
 
-use super::keys::{self, EpisodeKind};
+use super::keys::EpisodeKind;
 use super::StoreError;
 
 /// Every episode kind there is.
@@ -42,38 +42,6 @@ pub(super) fn remove_range(
             batch.remove(k);
         }
         tree.apply_batch(batch)?;
-        removed += keys.len() as u64;
-        std::thread::yield_now();
-    }
-}
-
-/// Removes the closed episodes whose keys are in `[from, to)`, each
-/// index key in `lengths` before its episode.
-pub(super) fn remove_episodes(
-    episodes: &Tree,
-    lengths: &Tree,
-    from: impl AsRef<[u8]>,
-    to: impl AsRef<[u8]>,
-) -> Result<u64, StoreError> {
-    let (from, to) = (from.as_ref().to_vec(), to.as_ref().to_vec());
-    let mut removed = 0;
-    loop {
-        let keys: Vec<sled::IVec> = episodes
-            .range(from.clone()..to.clone())
-            .keys()
-            .take(EXPIRE_BATCH)
-            .collect::<Result<_, _>>()?;
-        if keys.is_empty() {
-            return Ok(removed);
-        }
-        let mut index = sled::Batch::default();
-        let mut batch = sled::Batch::default();
-        for k in &keys {
-            index.remove(&keys::length_of_closed(k));
-            batch.remove(k);
-        }
-        lengths.apply_batch(index)?;
-        episodes.apply_batch(batch)?;
         removed += keys.len() as u64;
         std::thread::yield_now();
     }

@@ -6,6 +6,8 @@
 
 use pgtrail_proto::time::Micros;
 
+use super::records::EpisodeSpan;
+
 /// The id the store gives an instance; the first four bytes of its keys.
 pub type InstanceId = u32;
 
@@ -99,44 +101,13 @@ pub fn closed_episode(
     k
 }
 
-/// When a closed episode ended and started, from its key.
-pub fn closed_episode_times(key: &[u8]) -> (Micros, Micros) {
-    (time_from(&key[5..13]), time_from(&key[17..25]))
-}
-
-/// `[kind][instance][!duration][started][pid]`: the index of closed
-/// episodes by length, longest first and the earliest start among equals.
-/// The closed episode's key follows from it ([`closed_of_length`]).
-pub fn episode_length(
-    kind: EpisodeKind,
-    id: InstanceId,
-    ended: Micros,
-    pid: i32,
-    started: Micros,
-) -> [u8; 25] {
-    let mut k = [0u8; 25];
-    k[..5].copy_from_slice(&episode_prefix(kind, id));
-    k[5..13].copy_from_slice(&(!(ended.saturating_sub(started).max(0) as u64)).to_be_bytes());
-    k[13..21].copy_from_slice(&time_bytes(started));
-    k[21..].copy_from_slice(&(pid as u32).to_be_bytes());
-    k
-}
-
-/// The index key of a closed episode's key.
-pub fn length_of_closed(key: &[u8]) -> [u8; 25] {
-    let (ended, started) = closed_episode_times(key);
-    let pid = u32::from_be_bytes(key[13..17].try_into().expect("4 bytes")) as i32;
-    let mut k = episode_length(EpisodeKind::Unspecified, 0, ended, pid, started);
-    k[..5].copy_from_slice(&key[..5]);
-    k
-}
-
-/// The pid, start and end of the closed episode an index key points at.
-pub fn closed_of_length(key: &[u8]) -> (i32, Micros, Micros) {
-    let duration = !u64::from_be_bytes(key[5..13].try_into().expect("8 bytes")) as Micros;
-    let started = time_from(&key[13..21]);
-    let pid = u32::from_be_bytes(key[21..25].try_into().expect("4 bytes")) as i32;
-    (pid, started, started + duration)
+/// Which closed episode a key is for: its pid, start and end.
+pub fn closed_episode_span(key: &[u8]) -> EpisodeSpan {
+    EpisodeSpan {
+        pid: u32::from_be_bytes(key[13..17].try_into().expect("4 bytes")) as i32,
+        started_us: time_from(&key[17..25]),
+        ended_us: time_from(&key[5..13]),
+    }
 }
 
 /// `[kind][instance]`: the prefix of an instance's episodes of one kind.
@@ -198,24 +169,7 @@ mod tests {
         let c = closed_episode(EpisodeKind::IdleInTransaction, 2, 10, 1, 5);
         assert!(a < b && b < c);
         assert!(a.starts_with(&episode_prefix(EpisodeKind::IdleInTransaction, 1)));
-        assert_eq!(closed_episode_times(&b), (200, 10));
-    }
-
-    #[test]
-    fn the_length_index_sorts_longest_first_and_points_back() {
-        let kind = EpisodeKind::IdleInTransaction;
-        let long = closed_episode(kind, 1, 1_000, 7, 100);
-        let short_early = closed_episode(kind, 1, 300, 8, 200);
-        let short_late = closed_episode(kind, 1, 400, 9, 300);
-        let mut index = [
-            length_of_closed(&short_late),
-            length_of_closed(&long),
-            length_of_closed(&short_early),
-        ];
-        index.sort();
-        let spans: Vec<_> = index.iter().map(|k| closed_of_length(k)).collect();
-        assert_eq!(spans, vec![(7, 100, 1_000), (8, 200, 300), (9, 300, 400)]);
-        assert!(index[0].starts_with(&episode_prefix(kind, 1)));
-        assert_eq!(index[0], episode_length(kind, 1, 1_000, 7, 100));
+        let span = closed_episode_span(&b);
+        assert_eq!((span.pid, span.started_us, span.ended_us), (1, 10, 200));
     }
 }

@@ -16,7 +16,6 @@
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
 //! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`]         |
 //! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
-//! | `episode_lengths` | kind u8, instance u32, !duration, started, pid | empty: an index of `episodes` by length |
 //! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
 //! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
 //!
@@ -29,12 +28,12 @@
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
 //! - An episode is in `open_episodes` or in `episodes`, never both.
-//! - Every key of `episode_lengths` has its episode in `episodes`: both
-//!   are written in one transaction, and retention removes an index key
-//!   before its episode.
 //! - A rollup is the merge of every sample in its stretch (see
 //!   [`crate::ingest::rollup`]); merging is order-independent, so a late
 //!   sample folds in like any other.
+//! - An hour rollup whose `longest_tracked` is set lists, per episode kind,
+//!   the longest closed episodes whose end falls in the hour, and counts
+//!   them all (see [`crate::ingest::longest`]).
 //! - Retention removes samples (and facts superseded before the cut) older
 //!   than the raw horizon, and rollups and closed episodes older than the
 //!   long horizon; open episodes and the latest facts always stay.
@@ -49,7 +48,8 @@ mod sled;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
 pub use self::records::{
-    BlockerRecord, EpisodeRecord, InstanceRecord, Max, PeakRollup, Rollup, StoredSample,
+    BlockerRecord, EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, LongestEnded, Max,
+    PeakRollup, Rollup, StoredSample,
 };
 pub use self::sled::SledStore;
 
@@ -122,27 +122,20 @@ pub struct Append {
 pub struct EpisodeFilter {
     /// Ended at or after this.
     pub ended_from: Micros,
+    /// Ended at or before this.
+    pub ended_to: Micros,
     /// Started at or before this.
     pub started_to: Micros,
     /// Lasted at least this long.
     pub min_duration: Micros,
 }
 
-/// Where a closed episode sits in time: enough to rank it and to fetch it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EpisodeSpan {
-    /// The session's pid.
-    pub pid: i32,
-    /// When it started.
-    pub started_us: Micros,
-    /// When it ended.
-    pub ended_us: Micros,
-}
-
-impl EpisodeSpan {
-    /// How long it lasted.
-    pub fn duration(&self) -> Micros {
-        self.ended_us - self.started_us
+impl EpisodeFilter {
+    /// Whether the closed episode at `span` passes.
+    pub fn lets_through(&self, span: &EpisodeSpan) -> bool {
+        (self.ended_from..=self.ended_to).contains(&span.ended_us)
+            && span.started_us <= self.started_to
+            && span.duration() >= self.min_duration
     }
 }
 
@@ -199,6 +192,14 @@ pub trait Store: Send + Sync + 'static {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, PeakRollup)>, StoreError>;
+    /// As [`Store::rollups`] of hours, decoding only what
+    /// [`EpisodeRollup`] holds.
+    fn episode_rollups(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, EpisodeRollup)>, StoreError>;
     /// The facts in force at `t` (the latest at or before it, else the
     /// first after it).
     fn facts_at(
@@ -214,15 +215,13 @@ pub trait Store: Send + Sync + 'static {
         instance: InstanceId,
         filter: &EpisodeFilter,
     ) -> Result<Vec<EpisodeRecord>, StoreError>;
-    /// The `n` longest closed episodes that `filter` lets through (the
-    /// earliest start among equals), longest first, as spans: read from an
-    /// index by length, without decoding any episode.
-    fn longest_closed_episodes(
+    /// As [`Store::closed_episodes`], only where each one is: chosen by
+    /// key, none decoded.
+    fn closed_episode_spans(
         &self,
         kind: EpisodeKind,
         instance: InstanceId,
         filter: &EpisodeFilter,
-        n: usize,
     ) -> Result<Vec<EpisodeSpan>, StoreError>;
     /// The closed episode of this span, if still stored.
     fn closed_episode(

@@ -131,6 +131,47 @@ pub struct Rollup {
     /// The most autovacuum workers at once.
     #[prost(uint32, tag = "17")]
     pub autovacuum_workers: u32,
+    /// Hour rollups only: per episode kind, the longest episodes that
+    /// ended in the hour (by their end, whichever sample closed them).
+    /// Kept by the ingestor as episodes close; [`merge`] leaves it alone.
+    ///
+    /// [`merge`]: crate::ingest::rollup::merge
+    #[prost(message, repeated, tag = "18")]
+    pub longest: Vec<LongestEnded>,
+    /// Whether `longest` saw every episode that ended in the hour (not so
+    /// for hours stored before it was kept).
+    #[prost(bool, tag = "19")]
+    pub longest_tracked: bool,
+}
+
+/// The longest episodes of one kind that ended in an hour.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LongestEnded {
+    /// The kind (`pb::EpisodeKind`).
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    /// How many ended in the hour.
+    #[prost(uint64, tag = "2")]
+    pub ended: u64,
+    /// The longest of them, longest first (the earliest start among
+    /// equals); every one when `ended` is no more than their number.
+    #[prost(message, repeated, tag = "3")]
+    pub spans: Vec<EpisodeSpan>,
+}
+
+/// The part of a stored hour [`Rollup`] that choosing the longest episodes
+/// reads, under the same tags.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EpisodeRollup {
+    /// Samples folded in.
+    #[prost(uint32, tag = "1")]
+    pub samples: u32,
+    /// As [`Rollup::longest`].
+    #[prost(message, repeated, tag = "18")]
+    pub longest: Vec<LongestEnded>,
+    /// As [`Rollup::longest_tracked`].
+    #[prost(bool, tag = "19")]
+    pub longest_tracked: bool,
 }
 
 /// The part of a stored [`Rollup`] that plain `peaks` reads: its first
@@ -161,6 +202,27 @@ impl From<Rollup> for PeakRollup {
             max_at_us: r.max_at_us,
             by_state_at_max: r.by_state_at_max,
         }
+    }
+}
+
+/// Where a closed episode sits in time: enough to rank it and to fetch it.
+#[derive(Clone, Copy, PartialEq, Eq, prost::Message)]
+pub struct EpisodeSpan {
+    /// The session's pid.
+    #[prost(int32, tag = "1")]
+    pub pid: i32,
+    /// When it started.
+    #[prost(int64, tag = "2")]
+    pub started_us: i64,
+    /// When it ended.
+    #[prost(int64, tag = "3")]
+    pub ended_us: i64,
+}
+
+impl EpisodeSpan {
+    /// How long it lasted.
+    pub fn duration(&self) -> i64 {
+        self.ended_us - self.started_us
     }
 }
 

@@ -11,10 +11,12 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use super::delta::Rows;
-use super::expire::{remove_episodes, remove_range, ALL_EPISODE_KINDS};
+use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
-use super::records::{EpisodeRecord, InstanceRecord, PeakRollup, Rollup, StoredSample};
-use super::{Append, EpisodeFilter, EpisodeSpan, Store, StoreError};
+use super::records::{
+    EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
+};
+use super::{Append, EpisodeFilter, Store, StoreError};
 
 /// The layout version this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -32,7 +34,6 @@ pub struct SledStore {
     facts: Tree,
     rollups: Tree,
     episodes: Tree,
-    episode_lengths: Tree,
     open_episodes: Tree,
     queries: Tree,
     meta: Tree,
@@ -57,7 +58,6 @@ impl SledStore {
             facts: tree("facts")?,
             rollups: tree("rollups")?,
             episodes: tree("episodes")?,
-            episode_lengths: tree("episode_lengths")?,
             open_episodes: tree("open_episodes")?,
             queries: tree("queries")?,
             meta: tree("meta")?,
@@ -80,7 +80,6 @@ impl SledStore {
                 }
             }
         }
-        store.index_episode_lengths()?;
         let mut ids = store.instance_keys.write().expect("not poisoned");
         for entry in store.instances.iter() {
             let (key, value) = entry?;
@@ -108,21 +107,6 @@ impl SledStore {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
     }
 
-    /// Builds `episode_lengths` for a store written before it existed.
-    fn index_episode_lengths(&self) -> Result<(), StoreError> {
-        const DONE: &str = "episode_lengths";
-        if self.meta.get(DONE)?.is_some() {
-            return Ok(());
-        }
-        let mut batch = sled::Batch::default();
-        for key in self.episodes.iter().keys() {
-            batch.insert(&keys::length_of_closed(&key?), &[]);
-        }
-        self.episode_lengths.apply_batch(batch)?;
-        self.meta.insert(DONE, &[1])?;
-        Ok(())
-    }
-
     /// Rollups starting in `[from, to]`, decoded as `M` (a [`Rollup`] or a
     /// view of some of its fields).
     fn rollups_as<M: Message + Default>(
@@ -142,6 +126,38 @@ impl SledStore {
                 Ok((keys::time_of_rollup_key(&k), decode("rollups", &v)?))
             })
             .collect()
+    }
+}
+
+impl SledStore {
+    /// Calls `each` with the span and stored bytes of every closed episode
+    /// `filter` lets through, in the order they ended; chosen by key.
+    fn scan_closed(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        filter: &EpisodeFilter,
+        mut each: impl FnMut(EpisodeSpan, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let prefix = keys::episode_prefix(kind, instance);
+        // A key shorter than the full key sorts before every full key that
+        // extends it.
+        let mut start = prefix.to_vec();
+        start.extend_from_slice(&keys::time_bytes(filter.ended_from));
+        for entry in self.episodes.range(start..) {
+            let (key, value) = entry?;
+            if !key.starts_with(&prefix) {
+                break;
+            }
+            let span = keys::closed_episode_span(&key);
+            if span.ended_us > filter.ended_to {
+                break;
+            }
+            if filter.lets_through(&span) {
+                each(span, &value)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -236,13 +252,12 @@ impl Store for SledStore {
             &self.facts,
             &self.rollups,
             &self.episodes,
-            &self.episode_lengths,
             &self.open_episodes,
             &self.queries,
             &self.instances,
         );
         let result = trees.transaction(
-            |(samples, facts_t, rollups_t, episodes, lengths, open, queries, instances)| {
+            |(samples, facts_t, rollups_t, episodes, open, queries, instances)| {
                 if samples.get(sample_key)?.is_some() {
                     return Ok(false);
                 }
@@ -265,7 +280,6 @@ impl Store for SledStore {
                 for (open_key, key, value) in &closed {
                     open.remove(open_key)?;
                     episodes.insert(key, value.as_slice())?;
-                    lengths.insert(&keys::length_of_closed(key), &[])?;
                 }
                 let mut record: InstanceRecord = match instances.get(&instance_key)? {
                     Some(v) => {
@@ -401,6 +415,15 @@ impl Store for SledStore {
         self.rollups_as(instance, res, from, to)
     }
 
+    fn episode_rollups(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Result<Vec<(Micros, EpisodeRollup)>, StoreError> {
+        self.rollups_as(instance, Resolution::Hour, from, to)
+    }
+
     fn facts_at(
         &self,
         instance: InstanceId,
@@ -420,54 +443,25 @@ impl Store for SledStore {
         instance: InstanceId,
         filter: &EpisodeFilter,
     ) -> Result<Vec<EpisodeRecord>, StoreError> {
-        let prefix = keys::episode_prefix(kind, instance);
-        // A key shorter than the full key sorts before every full key that
-        // extends it.
-        let mut start = prefix.to_vec();
-        start.extend_from_slice(&keys::time_bytes(filter.ended_from));
         let mut out = Vec::new();
-        for entry in self.episodes.range(start..) {
-            let (key, value) = entry?;
-            if !key.starts_with(&prefix) {
-                break;
-            }
-            let (ended, started) = keys::closed_episode_times(&key);
-            if started <= filter.started_to && ended - started >= filter.min_duration {
-                out.push(decode("episodes", &value)?);
-            }
-        }
+        self.scan_closed(kind, instance, filter, |_, value| {
+            out.push(decode("episodes", value)?);
+            Ok(())
+        })?;
         Ok(out)
     }
 
-    fn longest_closed_episodes(
+    fn closed_episode_spans(
         &self,
         kind: EpisodeKind,
         instance: InstanceId,
         filter: &EpisodeFilter,
-        n: usize,
     ) -> Result<Vec<EpisodeSpan>, StoreError> {
-        let mut out = Vec::with_capacity(n.min(1024));
-        for key in self
-            .episode_lengths
-            .scan_prefix(keys::episode_prefix(kind, instance))
-            .keys()
-        {
-            if out.len() >= n {
-                break;
-            }
-            let (pid, started_us, ended_us) = keys::closed_of_length(&key?);
-            let span = EpisodeSpan {
-                pid,
-                started_us,
-                ended_us,
-            };
-            if span.duration() < filter.min_duration {
-                break;
-            }
-            if started_us <= filter.started_to && ended_us >= filter.ended_from {
-                out.push(span);
-            }
-        }
+        let mut out = Vec::new();
+        self.scan_closed(kind, instance, filter, |span, _| {
+            out.push(span);
+            Ok(())
+        })?;
         Ok(out)
     }
 
@@ -528,7 +522,7 @@ impl Store for SledStore {
             from.extend_from_slice(&keys::time_bytes(Micros::MIN));
             let mut to = prefix.to_vec();
             to.extend_from_slice(&keys::time_bytes(kept_before));
-            removed += remove_episodes(&self.episodes, &self.episode_lengths, from, to)?;
+            removed += remove_range(&self.episodes, from, to)?;
         }
         Ok(removed)
     }
@@ -551,63 +545,5 @@ impl Store for SledStore {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn closed(pid: i32, started_us: Micros, ended_us: Micros) -> (EpisodeKind, EpisodeRecord) {
-        let e = EpisodeRecord {
-            pid,
-            started_us,
-            ended_us: Some(ended_us),
-            last_seen_us: ended_us,
-            ..Default::default()
-        };
-        (EpisodeKind::IdleInTransaction, e)
-    }
-
-    #[test]
-    fn a_store_without_the_length_index_gets_it_on_open() {
-        let dir = tempfile::tempdir().unwrap();
-        let all = EpisodeFilter {
-            ended_from: Micros::MIN,
-            started_to: Micros::MAX,
-            min_duration: 0,
-        };
-        let kind = EpisodeKind::IdleInTransaction;
-        let longest = |store: &SledStore, id| {
-            store
-                .longest_closed_episodes(kind, id, &all, 10)
-                .unwrap()
-                .iter()
-                .map(|s| s.pid)
-                .collect::<Vec<_>>()
-        };
-        let id = {
-            let store = SledStore::open(dir.path()).unwrap();
-            let id = store.instance_id("db-1", "5432").unwrap();
-            let append = Append {
-                instance: id,
-                sampled_at: 100,
-                closed: vec![closed(1, 10, 20), closed(2, 30, 90), closed(3, 40, 60)],
-                ..Default::default()
-            };
-            assert!(store.append(&append).unwrap());
-            assert_eq!(longest(&store, id), vec![2, 3, 1]);
-            // As a store written before the index existed.
-            store.episode_lengths.clear().unwrap();
-            store.meta.remove("episode_lengths").unwrap();
-            assert_eq!(longest(&store, id), Vec::<i32>::new());
-            store.flush().unwrap();
-            id
-        };
-        let store = SledStore::open(dir.path()).unwrap();
-        assert_eq!(longest(&store, id), vec![2, 3, 1]);
-        let span = store.longest_closed_episodes(kind, id, &all, 1).unwrap()[0];
-        let record = store.closed_episode(kind, id, &span).unwrap().unwrap();
-        assert_eq!((record.pid, record.started_us), (2, 30));
     }
 }
