@@ -99,12 +99,29 @@ fn run(args: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    config.instances()?;
-    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let instances = config.instances()?.len();
+    let runtime = runtime(instances).context("cannot start the async runtime")?;
     runtime.block_on(async {
         pgtrail_agent::run(config, shutdown_signal()).await?;
         Ok(())
     })
+}
+
+/// One worker thread per instance, at most one per core: sampling is
+/// mostly synchronous `/proc` reading, so more threads than instances only
+/// add wake-ups across threads, and a lone instance runs cheapest on the
+/// one thread.
+fn runtime(instances: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match instances.clamp(1, cores) {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        workers => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .enable_all()
+            .build(),
+    }
 }
 
 /// File < env < flags.
