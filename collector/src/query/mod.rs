@@ -7,6 +7,7 @@
 mod at;
 mod churn;
 mod episodes;
+mod fan_out;
 mod health;
 mod longest;
 mod mem;

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use pgtrail_proto::pb::{self, Dimension};
 use pgtrail_proto::time::{Micros, MINUTE};
 
+use super::fan_out::fan_out;
 use super::window;
 use super::{check_window, History, QueryError};
 use crate::store::{InstanceRecord, Max, PeakRollup, Rollup};
@@ -55,38 +56,50 @@ impl History {
         if bucket_us < 0 || (bucket_us > 0 && bucket_us % MINUTE != 0) {
             return Err(QueryError::BadBucket);
         }
-        let mut out = Vec::new();
-        for r in self.resolve(scope)? {
-            let (from, to) = (window.from_us, window.to_us);
-            let pieces: Vec<(Option<Micros>, PeakRollup, Option<Maxima>)> =
-                match (dimension_name(by).is_some(), bucket_us > 0) {
-                    (false, false) => {
-                        let all = window::merged::<PeakRollup>(&*self.store, r.id, from, to)?;
-                        vec![(None, all, None)]
-                    }
-                    (false, true) => {
-                        window::bucketed::<PeakRollup>(&*self.store, r.id, from, to, bucket_us)?
-                            .into_iter()
-                            .map(|(start, peak)| (Some(start), peak, None))
-                            .collect()
-                    }
-                    (true, false) => {
-                        let all = window::merged::<Rollup>(&*self.store, r.id, from, to)?;
-                        vec![split(None, all)]
-                    }
-                    (true, true) => {
-                        window::bucketed::<Rollup>(&*self.store, r.id, from, to, bucket_us)?
-                            .into_iter()
-                            .map(|(start, rollup)| split(Some(start), rollup))
-                            .collect()
-                    }
-                };
-            for (bucket, peak, maxima) in pieces {
-                if peak.samples == 0 {
-                    continue;
+        let peaks = fan_out(self.resolve(scope)?, |r| {
+            self.peaks_in(&r, window, by, bucket_us)
+        })?;
+        Ok(peaks.into_iter().flatten().collect())
+    }
+
+    /// One instance's peaks in `window`.
+    fn peaks_in(
+        &self,
+        r: &InstanceRecord,
+        window: &pb::Window,
+        by: Dimension,
+        bucket_us: i64,
+    ) -> Result<Vec<pb::Peak>, QueryError> {
+        let (from, to) = (window.from_us, window.to_us);
+        let pieces: Vec<(Option<Micros>, PeakRollup, Option<Maxima>)> =
+            match (dimension_name(by).is_some(), bucket_us > 0) {
+                (false, false) => {
+                    let all = window::merged::<PeakRollup>(&*self.store, r.id, from, to)?;
+                    vec![(None, all, None)]
                 }
-                out.extend(self.peaks_of(&r, &peak, maxima.as_ref(), by, bucket)?);
+                (false, true) => {
+                    window::bucketed::<PeakRollup>(&*self.store, r.id, from, to, bucket_us)?
+                        .into_iter()
+                        .map(|(start, peak)| (Some(start), peak, None))
+                        .collect()
+                }
+                (true, false) => {
+                    let all = window::merged::<Rollup>(&*self.store, r.id, from, to)?;
+                    vec![split(None, all)]
+                }
+                (true, true) => {
+                    window::bucketed::<Rollup>(&*self.store, r.id, from, to, bucket_us)?
+                        .into_iter()
+                        .map(|(start, rollup)| split(Some(start), rollup))
+                        .collect()
+                }
+            };
+        let mut out = Vec::new();
+        for (bucket, peak, maxima) in pieces {
+            if peak.samples == 0 {
+                continue;
             }
+            out.extend(self.peaks_of(r, &peak, maxima.as_ref(), by, bucket)?);
         }
         Ok(out)
     }
