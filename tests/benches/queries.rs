@@ -21,7 +21,9 @@
 //! store (`db-00*`).
 //!
 //! Flags: `--quick` (10 instances, 1 day), `--instances 100`, `--days 7`,
-//! `--bulk 30`, `--runs 9`, `--sessions 200`.
+//! `--bulk 30`, `--runs 9`, `--sessions 200`, `--keep DIR` (load the
+//! history into DIR and keep it; a later run with the same DIR and flags
+//! skips the load and measures the queries only).
 
 mod common;
 
@@ -44,11 +46,12 @@ fn main() -> anyhow::Result<()> {
     let bulk: i64 = args.get("bulk", 30);
     let runs: usize = args.get("runs", if args.quick { 3 } else { 9 });
     let sessions: usize = args.get("sessions", 200);
+    let keep: String = args.get("keep", String::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run(instances, days, bulk, runs, sessions))
+    runtime.block_on(run(instances, days, bulk, runs, sessions, keep))
 }
 
 /// The moments one instance is sampled at, in order.
@@ -76,17 +79,35 @@ async fn run(
     bulk: i64,
     runs: usize,
     sessions: usize,
+    keep: String,
 ) -> anyhow::Result<()> {
     println!("## Query latency\n");
     println!("machine: {}\n", common::machine());
-    // Whole seconds, so the last sample sits on the window's end.
-    let end = pgtrail_proto::time::now() / SECOND * SECOND - MINUTE;
-    let times = timeline(end, days, bulk);
     let dir = tempfile::tempdir()?;
-    let collector = Collector::open(&dir.path().join("store"))?;
+    let path = if keep.is_empty() {
+        dir.path().join("store")
+    } else {
+        keep.into()
+    };
+    let collector = Collector::open(&path)?;
+    // A kept store loaded by an earlier run with the same flags is reused:
+    // its last sample is the end.
+    let mut kept_end = None;
+    if let Some(first) = collector
+        .store()
+        .instances()?
+        .into_iter()
+        .find(|r| r.host == "db-000")
+    {
+        kept_end = collector.store().sample_bounds(first.id)?.map(|b| b.1);
+    }
+    // Whole seconds, so the last sample sits on the window's end.
+    let end = kept_end.unwrap_or(pgtrail_proto::time::now() / SECOND * SECOND - MINUTE);
+    let times = timeline(end, days, bulk);
+    let loaders = if kept_end.is_some() { 0 } else { 2 };
     let t0 = Instant::now();
     let mut workers = Vec::new();
-    for w in 0..2 {
+    for w in 0..loaders {
         let ingestor = collector.ingestor();
         let times = times.clone();
         workers.push(tokio::spawn(async move {
@@ -130,8 +151,13 @@ async fn run(
         )?
         .episodes
         .len();
+    let loaded = if loaders == 0 {
+        "reused from an earlier run's load through Ingestor::append".to_string()
+    } else {
+        format!("loaded through Ingestor::append in {load_s:.0} s")
+    };
     println!(
-        "history: {instances} instances × {} samples ({days} d; bulk one per {bulk} min, dense edges), {} session rows, loaded through Ingestor::append in {load_s:.0} s; store {:.0} MiB on disk; {episodes_stored} idle-in-transaction episodes stored\n",
+        "history: {instances} instances × {} samples ({days} d; bulk one per {bulk} min, dense edges), {} session rows, {loaded}; store {:.0} MiB on disk; {episodes_stored} idle-in-transaction episodes stored\n",
         times.len(),
         times.len() * instances * sessions,
         common::mib(store.size_on_disk()?),
