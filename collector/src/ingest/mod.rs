@@ -183,7 +183,9 @@ impl Ingestor {
     ) -> Result<Outcome, StoreError> {
         let snapshot = owned.as_ref();
         let t = snapshot.sampled_at;
-        if self.store.has_sample(state.id, t)? {
+        // Nothing newer than the instance's latest sample is stored yet, so
+        // only a sample at or before it needs looking up.
+        if t <= state.last_at && self.store.has_sample(state.id, t)? {
             return Ok(Outcome::Duplicate);
         }
         let facts = snapshot
