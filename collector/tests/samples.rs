@@ -130,3 +130,37 @@ async fn long_windows_are_widened_to_whole_minutes() {
     // Longer: the window starts at its minute, and the first sample counts.
     assert_eq!(peak(T0 + 20 * SECOND, T0 + 7200 * SECOND), Some(first));
 }
+
+#[tokio::test]
+async fn owned_snapshots_in_any_row_order_come_back_whole_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let by_pid = |(mut s, mut p): (Vec<pb::Session>, Vec<pb::Process>)| {
+        s.sort_by_key(|s| s.pid);
+        p.sort_by_key(|p| p.pid);
+        (s, p)
+    };
+    let reversed = |i: i64| {
+        let mut s = sample(i);
+        s.sessions.reverse();
+        s.processes.reverse();
+        s
+    };
+    for (from, to) in [(0, 40), (40, 75)] {
+        let collector = Collector::open(dir.path()).unwrap();
+        let ingestor = collector.ingestor();
+        for i in from..to {
+            ingestor.append_owned("db", reversed(i)).await.unwrap();
+        }
+        ingestor.flush().await.unwrap();
+    }
+    let collector = Collector::open(dir.path()).unwrap();
+    let store = collector.store();
+    let id = store.instances().unwrap()[0].id;
+    assert_eq!(store.instances().unwrap()[0].samples, 75);
+    for i in 0..75 {
+        let (at, got) = store.sample_at(id, T0 + i * SECOND).unwrap().unwrap();
+        assert_eq!(at, T0 + i * SECOND);
+        assert_eq!(by_pid(stored_rows(&got)), rows(&sample(i)), "sample {i}");
+        assert_eq!(got.seq, i as u64 + 1);
+    }
+}

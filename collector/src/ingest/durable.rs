@@ -44,18 +44,22 @@ impl GroupCommit {
             if *done.borrow_and_update() >= ticket {
                 return Ok(());
             }
-            if let Ok(_guard) = self.flushing.try_lock() {
+            if let Ok(guard) = self.flushing.try_lock() {
                 // Every ticket up to here was taken after its append.
                 let upto = self.requested.load(Ordering::SeqCst);
                 let store = self.store.clone();
-                tokio::task::spawn_blocking(move || store.flush())
+                let flushed = tokio::task::spawn_blocking(move || store.flush())
                     .await
-                    .expect("flush task panicked")?;
+                    .expect("flush task panicked");
+                // Free the flusher's place before announcing the flush: a
+                // writer that found it taken waits for this announcement.
+                drop(guard);
+                flushed?;
                 self.completed.send_modify(|c| *c = (*c).max(upto));
                 continue;
             }
             // Someone else is flushing; it may not cover this ticket, so
-            // look again when it ends.
+            // look again when it ends (it announces after letting go).
             if done.changed().await.is_err() {
                 return Ok(()); // unreachable: the sender lives in self
             }
@@ -73,5 +77,39 @@ impl std::fmt::Debug for GroupCommit {
         f.debug_struct("GroupCommit")
             .field("requested", &self.requested)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::SledStore;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_writer_gets_through_when_many_wait_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).unwrap());
+        let commit = Arc::new(GroupCommit::new(store));
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let commit = commit.clone();
+                tokio::spawn(async move {
+                    for _ in 0..200 {
+                        commit.durable().await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        let all = async {
+            for w in writers {
+                w.await.unwrap();
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(60), all)
+            .await
+            .expect("a writer waits for a flush announcement that never comes");
+        assert_eq!(*commit.completed.borrow(), 8 * 200);
     }
 }

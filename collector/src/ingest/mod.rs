@@ -15,6 +15,7 @@ pub mod rollup;
 
 pub use open_set::Changes;
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -113,6 +114,24 @@ impl Ingestor {
     /// Stores `snapshot` of `host` without waiting for the disk; call
     /// [`Ingestor::flush`] before acknowledging it.
     pub async fn append(&self, host: &str, snapshot: &Snapshot) -> Result<Outcome, StoreError> {
+        self.append_snapshot(host, Cow::Borrowed(snapshot)).await
+    }
+
+    /// As [`Ingestor::append`], moving the snapshot's rows into the stored
+    /// sample instead of copying them.
+    pub async fn append_owned(
+        &self,
+        host: &str,
+        snapshot: Snapshot,
+    ) -> Result<Outcome, StoreError> {
+        self.append_snapshot(host, Cow::Owned(snapshot)).await
+    }
+
+    async fn append_snapshot(
+        &self,
+        host: &str,
+        snapshot: Cow<'_, Snapshot>,
+    ) -> Result<Outcome, StoreError> {
         let slot = {
             let mut states = self.states.lock().expect("not poisoned");
             states
@@ -162,10 +181,13 @@ impl Ingestor {
     fn append_locked(
         &self,
         state: &mut InstanceState,
-        snapshot: &Snapshot,
+        owned: Cow<'_, Snapshot>,
     ) -> Result<Outcome, StoreError> {
+        let snapshot = owned.as_ref();
         let t = snapshot.sampled_at;
-        if self.store.has_sample(state.id, t)? {
+        // Nothing newer than the instance's latest sample is stored yet, so
+        // only a sample at or before it needs looking up.
+        if t <= state.last_at && self.store.has_sample(state.id, t)? {
             return Ok(Outcome::Duplicate);
         }
         let facts = snapshot
@@ -197,30 +219,23 @@ impl Ingestor {
             changes.extend(state.instance.observe(snapshot, in_force));
         }
         self.note_ended(state.id, &mut rollups, &changes.closed)?;
+        let texts = snapshot
+            .queries
+            .iter()
+            .filter(|(id, _)| !state.stored_texts.contains(id))
+            .map(|(id, text)| (*id, text.clone()))
+            .collect();
+        let dropped = snapshot.dropped_before;
         let append = Append {
             instance: state.id,
             sampled_at: t,
-            sample: StoredSample {
-                sessions: snapshot.sessions.clone(),
-                processes: snapshot.processes.clone(),
-                blind_spots: snapshot.blind_spots.clone(),
-                seq: snapshot.seq,
-                memory: snapshot.memory,
-                sessions_total: snapshot.sessions_total,
-                keyframe: true,
-                ..Default::default()
-            },
-            texts: snapshot
-                .queries
-                .iter()
-                .filter(|(id, _)| !state.stored_texts.contains(id))
-                .map(|(id, text)| (*id, text.clone()))
-                .collect(),
+            sample: stored_sample(owned),
+            texts,
             facts: facts.clone(),
             rollups,
             opened: changes.opened,
             closed: changes.closed,
-            dropped: snapshot.dropped_before,
+            dropped,
         };
         if !self.store.append(&append)? {
             return Ok(Outcome::Duplicate);
@@ -321,6 +336,29 @@ impl Ingestor {
         }
         Ok(())
     }
+}
+
+/// The snapshot as a sample to store, its rows moved when it is owned.
+fn stored_sample(snapshot: Cow<'_, Snapshot>) -> StoredSample {
+    let mut sample = StoredSample {
+        blind_spots: snapshot.blind_spots.clone(),
+        seq: snapshot.seq,
+        memory: snapshot.memory,
+        sessions_total: snapshot.sessions_total,
+        keyframe: true,
+        ..Default::default()
+    };
+    match snapshot {
+        Cow::Owned(s) => {
+            sample.sessions = s.sessions;
+            sample.processes = s.processes;
+        }
+        Cow::Borrowed(s) => {
+            sample.sessions = s.sessions.clone();
+            sample.processes = s.processes.clone();
+        }
+    }
+    sample
 }
 
 /// max_connections − superuser_reserved_connections.

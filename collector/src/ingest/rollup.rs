@@ -47,14 +47,18 @@ pub struct Context {
 
 /// The value of a session along a dimension.
 pub fn dimension_value(dimension: &str, s: &pb::Session) -> String {
-    let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| UNKNOWN.to_string());
+    dimension_str(dimension, s).to_string()
+}
+
+/// [`dimension_value`], borrowed from the session.
+fn dimension_str<'a>(dimension: &str, s: &'a pb::Session) -> &'a str {
     match dimension {
-        "state" => or_unknown(&s.state),
-        "user" => or_unknown(&s.user),
-        "database" => or_unknown(&s.database),
-        "application" => s.application_name.clone().unwrap_or_default(),
-        "client" => s.client_addr.clone().unwrap_or_else(|| "local".to_string()),
-        _ => String::new(),
+        "state" => s.state.as_deref().unwrap_or(UNKNOWN),
+        "user" => s.user.as_deref().unwrap_or(UNKNOWN),
+        "database" => s.database.as_deref().unwrap_or(UNKNOWN),
+        "application" => s.application_name.as_deref().unwrap_or_default(),
+        "client" => s.client_addr.as_deref().unwrap_or("local"),
+        _ => "",
     }
 }
 
@@ -65,12 +69,20 @@ pub fn maxima_key(dimension: &str, value: &str) -> String {
 
 /// The wait event of an active session: "type:event", or "CPU".
 pub fn wait_key(s: &pb::Session) -> String {
-    match (&s.wait_event_type, &s.wait_event) {
+    wait_key_of(s.wait_event_type.as_deref(), s.wait_event.as_deref())
+}
+
+/// [`wait_key`] of a wait event type and event.
+fn wait_key_of(kind: Option<&str>, event: Option<&str>) -> String {
+    match (kind, event) {
         (Some(t), Some(e)) => format!("{t}:{e}"),
-        (Some(t), None) => t.clone(),
+        (Some(t), None) => t.to_string(),
         _ => "CPU".to_string(),
     }
 }
+
+/// An active session's wait event type, wait event and query.
+type ActiveIn<'a> = (Option<&'a str>, Option<&'a str>, Option<u64>);
 
 /// The rollup of one sample, and the context it leaves for the next.
 pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
@@ -88,17 +100,22 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
         lifetimes: vec![0; LIFETIME_BOUNDS.len() + 1],
         ..Default::default()
     };
+    // Count by borrowed values; own a key once per distinct value.
+    let mut counts: HashMap<(usize, &str), u32> = HashMap::new();
     for s in &clients {
-        *r.by_state_at_max
-            .entry(dimension_value("state", s))
-            .or_insert(0) += 1;
-        for d in DIMENSIONS {
-            let max = r
-                .maxima
-                .entry(maxima_key(d, &dimension_value(d, s)))
-                .or_insert(Max { value: 0, at_us: t });
-            max.value += 1;
+        for (d, dimension) in DIMENSIONS.iter().enumerate() {
+            *counts.entry((d, dimension_str(dimension, s))).or_insert(0) += 1;
         }
+    }
+    for ((d, value), n) in counts {
+        if DIMENSIONS[d] == "state" {
+            r.by_state_at_max.insert(value.to_string(), n);
+        }
+        let max = Max {
+            value: u64::from(n),
+            at_us: t,
+        };
+        r.maxima.insert(maxima_key(DIMENSIONS[d], value), max);
     }
 
     // Time covered, and time near the connection limit.
@@ -140,19 +157,24 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
     r.max_started_per_minute = started(&r);
 
     // Wait events of active sessions (the agent's own left out).
+    let mut waits: HashMap<ActiveIn<'_>, u64> = HashMap::new();
     for s in &snapshot.sessions {
         if s.state.as_deref() != Some("active")
             || s.application_name.as_deref() == Some(AGENT_APPLICATION)
         {
             continue;
         }
-        let key = wait_key(s);
-        if let Some(q) = s.query_id {
+        let event = (s.wait_event_type.as_deref(), s.wait_event.as_deref());
+        *waits.entry((event.0, event.1, s.query_id)).or_insert(0) += 1;
+    }
+    for ((kind, event, query), n) in waits {
+        let key = wait_key_of(kind, event);
+        if let Some(q) = query {
             *r.wait_queries
                 .entry(format!("{key}\t{q:016x}"))
-                .or_insert(0) += 1;
+                .or_insert(0) += n;
         }
-        *r.waits.entry(key).or_insert(0) += 1;
+        *r.waits.entry(key).or_insert(0) += n;
     }
 
     // Memory and autovacuum.
@@ -421,5 +443,31 @@ mod tests {
             assert_eq!(decoded, PeakRollup::from(whole.clone()));
             assert_eq!(peak, decoded);
         }
+    }
+
+    #[test]
+    fn counts_values_that_share_a_key_together() {
+        let mut a = session(1, "active", "web");
+        a.user = None;
+        a.wait_event = Some("x".into());
+        a.query_id = Some(7);
+        let mut b = session(2, "active", "web");
+        b.user = Some(UNKNOWN.into());
+        b.query_id = Some(7);
+        let mut c = session(3, "active", "");
+        c.application_name = None;
+        c.wait_event_type = Some("Lock".into());
+        c.wait_event = Some("tuple".into());
+        let mut d = session(4, "active", "batch");
+        d.wait_event_type = Some("Lock:tuple".into());
+        let (r, _) = sample_rollup(&snap(10, vec![a, b, c, d]), &Context::default());
+        assert_eq!(r.maxima[&maxima_key("user", UNKNOWN)].value, 4);
+        assert_eq!(r.maxima[&maxima_key("application", "")].value, 1);
+        assert_eq!(r.maxima[&maxima_key("state", "active")].value, 4);
+        assert_eq!(r.by_state_at_max["active"], 4);
+        assert_eq!(r.waits["CPU"], 2, "no wait event type is CPU");
+        assert_eq!(r.waits["Lock:tuple"], 2);
+        assert_eq!(r.wait_queries[&format!("CPU\t{:016x}", 7)], 2);
+        assert_eq!(r.wait_queries.len(), 1);
     }
 }

@@ -107,13 +107,14 @@ async fn serve(
                 None => return Err(ProtocolError::Missing("kind").into()),
             };
             let snapshot = decoder.decode(wire)?;
+            let (instance, seq) = (snapshot.instance.clone(), snapshot.seq);
             let outcome = ingestor
-                .append(&hello.host, &snapshot)
+                .append_owned(&hello.host, snapshot)
                 .await
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
             let ack = pb::Ack {
-                instance: snapshot.instance,
-                seq: snapshot.seq,
+                instance,
+                seq,
                 duplicate: outcome == Outcome::Duplicate,
             };
             if appended.send(ack).await.is_err() {

@@ -5,30 +5,31 @@
 
 use pgtrail_proto::time::Micros;
 
-use super::delta::{self, Rows};
+use super::delta::{Base, Encoded, Rows};
 use super::keys::{self, InstanceId, Resolution};
 use super::records::StoredSample;
 use super::sled::{decode, SledStore};
 use super::{Append, StoreError};
 
 impl SledStore {
-    /// How `a`'s sample is stored: a delta against the instance's previous
-    /// sample when that is in the same minute and older, else a keyframe.
-    pub(super) fn encode_sample(&self, a: &Append) -> StoredSample {
+    /// How `a`'s sample is stored, and its rows as the next sample's
+    /// base: a delta against the instance's previous sample when that is
+    /// in the same minute and older, else a keyframe.
+    pub(super) fn encode_sample(&self, a: &Append) -> (Vec<u8>, Base) {
+        let current = Encoded::of(&a.sample);
         let chains = self.chains.lock().expect("not poisoned");
         match chains.get(&a.instance) {
-            Some((last, rows))
+            Some((last, base))
                 if *last < a.sampled_at
                     && Resolution::Minute.start_of(*last)
                         == Resolution::Minute.start_of(a.sampled_at) =>
             {
-                delta::encode(rows, *last, &a.sample)
+                let current = current.into_base();
+                (base.delta(*last, &current, &a.sample), current)
             }
             _ => {
-                let mut full = a.sample.clone();
-                full.keyframe = true;
-                full.base_us = None;
-                full
+                drop(chains);
+                (current.keyframe(&a.sample), current.into_base())
             }
         }
     }

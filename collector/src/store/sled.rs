@@ -10,7 +10,7 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use super::delta::Rows;
+use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::records::{
@@ -39,9 +39,9 @@ pub struct SledStore {
     meta: Tree,
     /// id → key in `instances`, so appends find the record to count in.
     instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
-    /// Per instance, the last sample appended in order and its rows: what
-    /// the next sample's delta is taken against.
-    pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Rows)>>,
+    /// Per instance, the last sample appended in order and its encoded
+    /// rows: what the next sample's delta is taken against.
+    pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Base)>>,
 }
 
 impl SledStore {
@@ -222,7 +222,7 @@ impl Store for SledStore {
             .cloned()
             .expect("instance registered before append");
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
-        let sample = self.encode_sample(a).encode_to_vec();
+        let (sample, rows) = self.encode_sample(a);
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
         let rollups: Vec<_> = a
             .rollups
@@ -307,7 +307,7 @@ impl Store for SledStore {
                 .get(&a.instance)
                 .is_none_or(|(last, _)| a.sampled_at > *last);
             if newer {
-                chains.insert(a.instance, (a.sampled_at, Rows::of(&a.sample)));
+                chains.insert(a.instance, (a.sampled_at, rows));
             }
         }
         Ok(stored)
