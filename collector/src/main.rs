@@ -10,11 +10,6 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use pgtrail_collector::Config;
 
-/// Ingest allocates and frees every field of every row of every snapshot;
-/// jemalloc does that for less CPU than the system allocator.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Receives snapshots from pgtrail agents over gRPC, keeps their history in
 /// an embedded store and answers the pgtrail CLI's questions.
 #[derive(Debug, Parser)]
