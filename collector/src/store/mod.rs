@@ -14,7 +14,8 @@
 //! | `instances`     | host `\0` instance                    | [`InstanceRecord`] |
 //! | `samples`       | instance u32, time                    | [`StoredSample`], a keyframe or a delta |
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
-//! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`]         |
+//! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`] without its maps |
+//! | `rollup_maps`   | as `rollups`                          | the rollup's maps (`maxima`, `waits`, `wait_queries`) |
 //! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
 //! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
 //! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
@@ -28,6 +29,9 @@
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
 //! - An episode is in `open_episodes` or in `episodes`, never both.
+//! - A rollup is its `rollups` value followed by its `rollup_maps` value,
+//!   decoded as one message; both are written in the same transaction and
+//!   expire together.
 //! - A rollup is the merge of every sample in its stretch (see
 //!   [`crate::ingest::rollup`]); merging is order-independent, so a late
 //!   sample folds in like any other.
@@ -45,6 +49,7 @@ mod expire;
 mod keys;
 mod records;
 mod sled;
+mod split;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
 pub use self::records::{

@@ -16,7 +16,13 @@ use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
+use super::split::split_fields;
 use super::{Append, EpisodeFilter, Store, StoreError};
+
+/// The fields of a [`Rollup`] kept in `rollup_maps` rather than
+/// `rollups`: the per-dimension maxima and the wait-event counts, most of
+/// a rollup's bytes and read by few questions.
+const ROLLUP_MAPS: [u32; 3] = [5, 13, 14];
 
 /// The layout version this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -33,6 +39,7 @@ pub struct SledStore {
     pub(super) samples: Tree,
     facts: Tree,
     rollups: Tree,
+    rollup_maps: Tree,
     episodes: Tree,
     open_episodes: Tree,
     queries: Tree,
@@ -57,6 +64,7 @@ impl SledStore {
             samples: tree("samples")?,
             facts: tree("facts")?,
             rollups: tree("rollups")?,
+            rollup_maps: tree("rollup_maps")?,
             episodes: tree("episodes")?,
             open_episodes: tree("open_episodes")?,
             queries: tree("queries")?,
@@ -107,8 +115,17 @@ impl SledStore {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
     }
 
-    /// Rollups starting in `[from, to]`, decoded as `M` (a [`Rollup`] or a
-    /// view of some of its fields).
+    /// A rollup from its head (in `rollups`, under `key`) and its maps.
+    fn whole_rollup(&self, key: &[u8], head: &[u8]) -> Result<Rollup, StoreError> {
+        let mut bytes = head.to_vec();
+        if let Some(maps) = self.rollup_maps.get(key)? {
+            bytes.extend_from_slice(&maps);
+        }
+        decode("rollups", &bytes)
+    }
+
+    /// Rollups' heads starting in `[from, to]`, decoded as `M` (a view of
+    /// some of their fields, none of them maps).
     fn rollups_as<M: Message + Default>(
         &self,
         instance: InstanceId,
@@ -224,11 +241,15 @@ impl Store for SledStore {
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
         let (sample, rows) = self.encode_sample(a);
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
-        let rollups: Vec<_> = a
+        let rollups = a
             .rollups
             .iter()
-            .map(|(res, start, r)| (keys::rollup(a.instance, *res, *start), r.encode_to_vec()))
-            .collect();
+            .map(|(res, start, r)| {
+                let (head, maps) = split_fields(&r.encode_to_vec(), &ROLLUP_MAPS)
+                    .expect("a message just encoded splits");
+                (keys::rollup(a.instance, *res, *start), head, maps)
+            })
+            .collect::<Vec<_>>();
         let opened: Vec<_> = a
             .opened
             .iter()
@@ -251,13 +272,14 @@ impl Store for SledStore {
             &self.samples,
             &self.facts,
             &self.rollups,
+            &self.rollup_maps,
             &self.episodes,
             &self.open_episodes,
             &self.queries,
             &self.instances,
         );
         let result = trees.transaction(
-            |(samples, facts_t, rollups_t, episodes, open, queries, instances)| {
+            |(samples, facts_t, rollups_t, maps_t, episodes, open, queries, instances)| {
                 if samples.get(sample_key)?.is_some() {
                     return Ok(false);
                 }
@@ -271,8 +293,9 @@ impl Store for SledStore {
                 if let Some(f) = &facts {
                     facts_t.insert(&sample_key, f.as_slice())?;
                 }
-                for (key, value) in &rollups {
-                    rollups_t.insert(key, value.as_slice())?;
+                for (key, head, maps) in &rollups {
+                    rollups_t.insert(key, head.as_slice())?;
+                    maps_t.insert(key, maps.as_slice())?;
                 }
                 for (key, value) in &opened {
                     open.insert(key, value.as_slice())?;
@@ -389,10 +412,11 @@ impl Store for SledStore {
         res: Resolution,
         start: Micros,
     ) -> Result<Option<Rollup>, StoreError> {
-        self.rollups
-            .get(keys::rollup(instance, res, start))?
-            .map(|v| decode("rollups", &v))
-            .transpose()
+        let key = keys::rollup(instance, res, start);
+        match self.rollups.get(key)? {
+            None => Ok(None),
+            Some(head) => self.whole_rollup(&key, &head).map(Some),
+        }
     }
 
     fn rollups(
@@ -402,7 +426,16 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
-        self.rollups_as(instance, res, from, to)
+        if from > to {
+            return Ok(Vec::new());
+        }
+        self.rollups
+            .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
+            .map(|e| {
+                let (k, head) = e?;
+                Ok((keys::time_of_rollup_key(&k), self.whole_rollup(&k, &head)?))
+            })
+            .collect()
     }
 
     fn peak_rollups(
@@ -510,11 +543,9 @@ impl Store for SledStore {
         }
         for res in Resolution::ALL {
             let from = keys::rollup(instance, res, Micros::MIN);
-            removed += remove_range(
-                &self.rollups,
-                from,
-                keys::rollup(instance, res, kept_before),
-            )?;
+            let to = keys::rollup(instance, res, kept_before);
+            removed += remove_range(&self.rollups, from, to)?;
+            remove_range(&self.rollup_maps, from, to)?;
         }
         for kind in ALL_EPISODE_KINDS {
             let prefix = keys::episode_prefix(kind, instance);
