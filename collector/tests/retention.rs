@@ -68,8 +68,8 @@ async fn old_data_goes_and_recent_data_stays() {
     }
     let history = collector.history();
     let all = pb::Scope::default();
-    // Every episode, and the ten longest (read through the index by
-    // length): both see the same episodes come and go.
+    // Every episode, and the ten longest (chosen from the hour rollups'
+    // lists): both see the same episodes come and go.
     let leaks = |from, to| {
         let [all, longest] = [0, 10].map(|limit| {
             history
@@ -133,4 +133,37 @@ async fn old_data_goes_and_recent_data_stays() {
 
     // Nothing left to remove a second time.
     assert_eq!(retention.expire(&*collector.store(), NOW).unwrap(), 0);
+}
+
+#[tokio::test]
+async fn an_hour_rollup_stays_while_an_episode_it_lists_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let collector = Collector::open(dir.path()).unwrap();
+    let mut seq = 0;
+    let now = NOW + 30 * 60 * SECOND; // mid-hour
+                                      // Ends 10 minutes after the long horizon's cut, in the cut's hour.
+    let edge = now - 90 * DAY + 10 * 60 * SECOND;
+    spell(&collector, &mut seq, edge).await;
+    spell(&collector, &mut seq, now - HOUR).await;
+    let retention = Retention {
+        samples: Duration::from_secs(7 * 86_400),
+        history: Duration::from_secs(90 * 86_400),
+        every: Duration::from_secs(600),
+    };
+    retention.expire(&*collector.store(), now).unwrap();
+    let count = |limit| {
+        collector
+            .history()
+            .episodes(
+                &pb::Scope::default(),
+                &window(now - 91 * DAY, now),
+                pb::EpisodeKind::IdleInTransaction,
+                0,
+                limit,
+            )
+            .unwrap()
+            .episodes
+            .len()
+    };
+    assert_eq!((count(0), count(10)), (2, 2));
 }

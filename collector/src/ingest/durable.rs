@@ -54,7 +54,12 @@ impl GroupCommit {
                 // Free the flusher's place before announcing the flush: a
                 // writer that found it taken waits for this announcement.
                 drop(guard);
-                flushed?;
+                if let Err(e) = flushed {
+                    // Wake the writers waiting on this flush: each tries
+                    // its own rather than wait for one that may not come.
+                    self.completed.send_modify(|_| {});
+                    return Err(e);
+                }
                 self.completed.send_modify(|c| *c = (*c).max(upto));
                 continue;
             }

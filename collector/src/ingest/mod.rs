@@ -27,8 +27,8 @@ use self::episodes::{SessionEpisodes, SESSION_KINDS};
 use self::instance::InstanceEpisodes;
 use self::rollup::Context;
 use crate::store::{
-    Append, EpisodeKind, EpisodeRecord, EpisodeSpan, InstanceId, Resolution, Rollup, Store,
-    StoreError, StoredSample,
+    Append, EpisodeKind, EpisodeRecord, InstanceId, Resolution, Rollup, Store, StoreError,
+    StoredSample,
 };
 
 /// Instance-level episode kinds (the others are per session).
@@ -311,11 +311,7 @@ impl Ingestor {
         closed: &[(EpisodeKind, EpisodeRecord)],
     ) -> Result<(), StoreError> {
         for (kind, e) in closed {
-            let span = EpisodeSpan {
-                pid: e.pid,
-                started_us: e.started_us,
-                ended_us: e.ended_us.unwrap_or(e.last_seen_us),
-            };
+            let span = e.span();
             let start = Resolution::Hour.start_of(span.ended_us);
             let at = rollups
                 .iter()

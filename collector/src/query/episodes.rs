@@ -152,7 +152,7 @@ impl History {
         let window = asked.window;
         for mut e in self.store.open_episodes(asked.kind, r.id)? {
             e.last_seen_us = e.last_seen_us.max(last_sample);
-            let end = e.ended_us.unwrap_or(e.last_seen_us);
+            let end = e.end();
             let duration = end - e.started_us;
             if e.started_us > window.to_us || end < window.from_us || duration < asked.min_duration
             {
@@ -177,7 +177,7 @@ impl History {
             .store
             .closed_episodes(asked.kind, r.id, &asked.filter())?
         {
-            let duration = e.ended_us.unwrap_or(e.last_seen_us) - e.started_us;
+            let duration = e.end() - e.started_us;
             chosen.offer(duration, e.started_us, || {
                 (r, port, Chosen::Whole(Box::new(e)))
             });
@@ -213,6 +213,12 @@ impl History {
                     Some(s) if hour.longest_tracked => s.duration(),
                     _ => Micros::MAX,
                 };
+                // An episode that ended in an hour after the window and
+                // overlaps it lasted at least from the window's end to the
+                // hour's start: none left out of the list can, if shorter.
+                if bound < start - asked.window.to_us {
+                    continue;
+                }
                 unlisted.push(Unlisted {
                     r,
                     port,

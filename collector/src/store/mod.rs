@@ -31,7 +31,7 @@
 //! - An episode is in `open_episodes` or in `episodes`, never both.
 //! - A rollup is its `rollups` value followed by its `rollup_maps` value,
 //!   decoded as one message; both are written in the same transaction and
-//!   expire together.
+//!   expire by the same key range (`rollups` first).
 //! - A rollup is the merge of every sample in its stretch (see
 //!   [`crate::ingest::rollup`]); merging is order-independent, so a late
 //!   sample folds in like any other.
@@ -40,7 +40,8 @@
 //!   them all (see [`crate::ingest::longest`]).
 //! - Retention removes samples (and facts superseded before the cut) older
 //!   than the raw horizon, and rollups and closed episodes older than the
-//!   long horizon; open episodes and the latest facts always stay.
+//!   long horizon (an hour rollup stays while an episode it lists does);
+//!   open episodes and the latest facts always stay.
 //! - `facts` holds an entry only where the facts changed.
 
 mod chain;

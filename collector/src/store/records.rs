@@ -163,9 +163,6 @@ pub struct LongestEnded {
 /// reads, under the same tags.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct EpisodeRollup {
-    /// Samples folded in.
-    #[prost(uint32, tag = "1")]
-    pub samples: u32,
     /// As [`Rollup::longest`].
     #[prost(message, repeated, tag = "18")]
     pub longest: Vec<LongestEnded>,
@@ -281,6 +278,22 @@ pub struct EpisodeRecord {
     /// Samples that saw it.
     #[prost(uint32, tag = "17")]
     pub samples: u32,
+}
+
+impl EpisodeRecord {
+    /// When it ended, or was last seen while open.
+    pub fn end(&self) -> i64 {
+        self.ended_us.unwrap_or(self.last_seen_us)
+    }
+
+    /// Where it sits in time.
+    pub fn span(&self) -> EpisodeSpan {
+        EpisodeSpan {
+            pid: self.pid,
+            started_us: self.started_us,
+            ended_us: self.end(),
+        }
+    }
 }
 
 /// A session that blocked a lock wait.

@@ -263,8 +263,7 @@ impl Store for SledStore {
             .iter()
             .map(|(kind, e)| {
                 let open = keys::open_episode(*kind, a.instance, e.pid, e.started_us);
-                let ended = e.ended_us.unwrap_or(e.last_seen_us);
-                let key = keys::closed_episode(*kind, a.instance, ended, e.pid, e.started_us);
+                let key = keys::closed_episode(*kind, a.instance, e.end(), e.pid, e.started_us);
                 (open, key, e.encode_to_vec())
             })
             .collect();
@@ -542,10 +541,16 @@ impl Store for SledStore {
             removed += remove_range(&self.facts, first, last)?;
         }
         for res in Resolution::ALL {
+            // An hour rollup lists the episodes that ended in it: it stays
+            // while any of them does.
+            let cut = match res {
+                Resolution::Hour => res.start_of(kept_before),
+                Resolution::Minute => kept_before,
+            };
             let from = keys::rollup(instance, res, Micros::MIN);
-            let to = keys::rollup(instance, res, kept_before);
+            let to = keys::rollup(instance, res, cut);
             removed += remove_range(&self.rollups, from, to)?;
-            remove_range(&self.rollup_maps, from, to)?;
+            removed += remove_range(&self.rollup_maps, from, to)?;
         }
         for kind in ALL_EPISODE_KINDS {
             let prefix = keys::episode_prefix(kind, instance);
