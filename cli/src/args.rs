@@ -53,9 +53,10 @@ pub enum Command {
     },
     /// Idle-in-transaction episodes overlapping the window and lasting at
     /// least --min: when the session went idle inside its transaction, when
-    /// that ended (empty while it lasts), and the last query it ran.
-    /// --group-by sums them up per application, user or client: count,
-    /// total and longest duration, last query.
+    /// that ended (empty while it lasts), and the last query it ran; the
+    /// --limit longest, in start order. --group-by sums them all up per
+    /// application, user or client: count, total and longest duration, last
+    /// query.
     Leaks {
         /// Which instances and when [default window: 24h].
         #[command(flatten)]
@@ -74,7 +75,8 @@ pub enum Command {
     },
     /// Long-running statements: pid, backend_start, query_start, end,
     /// duration, the query, and the wait events seen while it ran (with the
-    /// number of samples that saw each; CPU means running, not waiting).
+    /// number of samples that saw each; CPU means running, not waiting); the
+    /// --limit longest, in start order.
     Slow {
         /// Which instances and when [default window: 24h].
         #[command(flatten)]
@@ -99,7 +101,8 @@ pub enum Command {
         #[arg(long, default_value = "0s")]
         min: String,
     },
-    /// Connections idle (outside a transaction) for at least --min.
+    /// Connections idle (outside a transaction) for at least --min; the
+    /// --limit longest spells, in start order.
     Idle {
         /// Which instances and when [default window: 24h].
         #[command(flatten)]
