@@ -237,15 +237,11 @@ pub fn merge(a: &mut Rollup, b: &Rollup) {
     if b.samples == 0 {
         return;
     }
-    if peak_yields(
+    fold_peak(
         a.samples,
-        (a.max_total, a.max_at_us),
-        (b.max_total, b.max_at_us),
-    ) {
-        a.max_total = b.max_total;
-        a.max_at_us = b.max_at_us;
-        a.by_state_at_max = b.by_state_at_max.clone();
-    }
+        (&mut a.max_total, &mut a.max_at_us, &mut a.by_state_at_max),
+        (b.max_total, b.max_at_us, &b.by_state_at_max),
+    );
     a.samples += b.samples;
     for (k, m) in &b.maxima {
         match a.maxima.get_mut(k) {
@@ -283,22 +279,27 @@ pub fn merge_peak(a: &mut PeakRollup, b: &PeakRollup) {
     if b.samples == 0 {
         return;
     }
-    if peak_yields(
+    fold_peak(
         a.samples,
-        (a.max_total, a.max_at_us),
-        (b.max_total, b.max_at_us),
-    ) {
-        a.max_total = b.max_total;
-        a.max_at_us = b.max_at_us;
-        a.by_state_at_max = b.by_state_at_max.clone();
-    }
+        (&mut a.max_total, &mut a.max_at_us, &mut a.by_state_at_max),
+        (b.max_total, b.max_at_us, &b.by_state_at_max),
+    );
     a.samples += b.samples;
 }
 
-/// Whether the peak `(count, at)` of a stretch of `a_samples` samples gives
-/// way to `b`'s: it is empty, or `b` is higher, or as high and earlier.
-fn peak_yields(a_samples: u32, a: (u32, i64), b: (u32, i64)) -> bool {
-    a_samples == 0 || b.0 > a.0 || (b.0 == a.0 && b.1 < a.1)
+/// The peak (count, moment, states) of a stretch of `a_samples` samples
+/// gives way to `b`'s when it is empty, or `b` is higher, or as high and
+/// earlier.
+fn fold_peak(
+    a_samples: u32,
+    a: (&mut u32, &mut i64, &mut HashMap<String, u32>),
+    b: (u32, i64, &HashMap<String, u32>),
+) {
+    if a_samples == 0 || b.0 > *a.0 || (b.0 == *a.0 && b.1 < *a.1) {
+        *a.0 = b.0;
+        *a.1 = b.1;
+        *a.2 = b.2.clone();
+    }
 }
 
 /// Folds a sample's rollup into its minute's: as [`merge`], and the

@@ -124,23 +124,23 @@ impl SledStore {
         decode("rollups", &bytes)
     }
 
-    /// Rollups' heads starting in `[from, to]`, decoded as `M` (a view of
-    /// some of their fields, none of them maps).
-    fn rollups_as<M: Message + Default>(
+    /// Rollups starting in `[from, to]`, each made from its key and its
+    /// head (the value in `rollups`) by `read`.
+    fn rollup_range<T>(
         &self,
         instance: InstanceId,
         res: Resolution,
-        from: Micros,
-        to: Micros,
-    ) -> Result<Vec<(Micros, M)>, StoreError> {
+        (from, to): (Micros, Micros),
+        read: impl Fn(&[u8], &[u8]) -> Result<T, StoreError>,
+    ) -> Result<Vec<(Micros, T)>, StoreError> {
         if from > to {
             return Ok(Vec::new());
         }
         self.rollups
             .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
             .map(|e| {
-                let (k, v) = e?;
-                Ok((keys::time_of_rollup_key(&k), decode("rollups", &v)?))
+                let (k, head) = e?;
+                Ok((keys::time_of_rollup_key(&k), read(&k, &head)?))
             })
             .collect()
     }
@@ -425,16 +425,9 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
-        if from > to {
-            return Ok(Vec::new());
-        }
-        self.rollups
-            .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
-            .map(|e| {
-                let (k, head) = e?;
-                Ok((keys::time_of_rollup_key(&k), self.whole_rollup(&k, &head)?))
-            })
-            .collect()
+        self.rollup_range(instance, res, (from, to), |k, head| {
+            self.whole_rollup(k, head)
+        })
     }
 
     fn peak_rollups(
@@ -444,7 +437,7 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, PeakRollup)>, StoreError> {
-        self.rollups_as(instance, res, from, to)
+        self.rollup_range(instance, res, (from, to), |_, head| decode("rollups", head))
     }
 
     fn episode_rollups(
@@ -453,7 +446,9 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, EpisodeRollup)>, StoreError> {
-        self.rollups_as(instance, Resolution::Hour, from, to)
+        self.rollup_range(instance, Resolution::Hour, (from, to), |_, head| {
+            decode("rollups", head)
+        })
     }
 
     fn facts_at(
