@@ -234,19 +234,45 @@ async fn churn_of_short_connections() {
     let pg = PgServer::start().expect("PostgreSQL starts");
     let data = tempfile::tempdir().unwrap();
     let rec = Recorder::start(&pg, data.path(), "db-churn");
-    for _ in 0..60 {
-        let c = pg.connect("f-burst").await.unwrap();
-        c.batch_execute("SELECT 1").await.unwrap();
-    }
-    rec.settle();
-    let version: i32 = pg
-        .connect("f-version")
-        .await
-        .unwrap()
+    let watcher = pg.connect("f-version").await.unwrap();
+    let version: i32 = watcher
         .query_one("SELECT current_setting('server_version_num')::int4", &[])
         .await
         .unwrap()
         .get(0);
+    // The server counts a session when its backend has exited, which can
+    // lag behind the client's disconnect on a busy machine: wait for it.
+    let counted = || async {
+        let n: i64 = watcher
+            .query_one(
+                "SELECT coalesce(sum(sessions), 0)::int8 FROM pg_stat_database",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        n
+    };
+    let before = if version >= 140000 {
+        counted().await
+    } else {
+        0
+    };
+    for _ in 0..60 {
+        let c = pg.connect("f-burst").await.unwrap();
+        c.batch_execute("SELECT 1").await.unwrap();
+    }
+    if version >= 140000 {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while counted().await < before + 60 {
+            assert!(
+                Instant::now() < deadline,
+                "the server never counted the burst"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    rec.settle();
     let churn = rec.json(&["churn", "--since", "5m"]);
     let c = &rows(&churn)[0];
     if version < 140000 {
