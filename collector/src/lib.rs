@@ -83,7 +83,7 @@ impl Collector {
     }
 
     /// Serves `Ingest` and `History` on `listener` until `shutdown`
-    /// resolves, then makes the store durable.
+    /// resolves, then makes the store durable, open rollups included.
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -105,7 +105,7 @@ impl Collector {
                 let _ = stop.send(true);
             })
             .await?;
-        self.store.flush()?;
+        self.store.persist_open()?;
         Ok(())
     }
 }

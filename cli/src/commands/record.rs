@@ -77,7 +77,7 @@ pub async fn run(args: RecordArgs) -> anyhow::Result<()> {
     expiring.abort();
     agent.shutdown().await;
     let _ = ingesting.await;
-    collector.ingestor().flush().await?;
+    collector.ingestor().close().await?;
     served?;
     info!("stopped; history kept in {}", args.data.display());
     Ok(())

@@ -56,7 +56,8 @@ struct InstanceState {
     /// Query texts known to be stored, so a sample passes the store only
     /// texts it may not have (bounded: forgotten all at once when full).
     stored_texts: HashSet<u64>,
-    /// The rollups the last in-order sample wrote, as stored.
+    /// The current minute and hour as the last in-order sample left them
+    /// (open in the store).
     rollups: Vec<(Resolution, Micros, Rollup)>,
 }
 
@@ -103,6 +104,15 @@ impl Ingestor {
     /// Makes everything appended so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.commit.flush().await
+    }
+
+    /// Writes the open minute and hour rollups and makes everything
+    /// durable: what a clean stop calls once no more snapshots come.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.persist_open())
+            .await
+            .expect("persist task panicked")
     }
 
     /// Returns once everything appended before the call is durable,
@@ -163,19 +173,77 @@ impl Ingestor {
             Ok(all)
         };
         let facts = self.store.facts_at(id, Micros::MAX)?;
+        let context = Context {
+            user_limit: facts.as_ref().and_then(user_limit),
+            ..Default::default()
+        };
+        let last_at = self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1);
+        let rollups = match last_at {
+            Micros::MIN => Vec::new(),
+            _ => self.current_rollups(id, last_at, &context)?,
+        };
         Ok(InstanceState {
             id,
             sessions: SessionEpisodes::resume(open(&SESSION_KINDS)?),
             instance: InstanceEpisodes::resume(open(&INSTANCE_KINDS)?),
-            context: Context {
-                user_limit: facts.as_ref().and_then(user_limit),
-                ..Default::default()
-            },
-            last_at: self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1),
+            context,
+            last_at,
             facts,
             stored_texts: HashSet::new(),
-            rollups: Vec::new(),
+            rollups,
         })
+    }
+
+    /// The minute and hour of the instance's latest sample (at `last_at`),
+    /// as stored when they cover every sample of that minute (the store
+    /// persisted them at shutdown, or still has them open), else rebuilt:
+    /// after a crash the open ones were lost, so the minute is folded
+    /// again from its samples and the hour from its stored minutes. Its
+    /// list of longest episodes is then no longer known to be complete.
+    fn current_rollups(
+        &self,
+        id: InstanceId,
+        last_at: Micros,
+        context: &Context,
+    ) -> Result<Vec<(Resolution, Micros, Rollup)>, StoreError> {
+        let minute_start = Resolution::Minute.start_of(last_at);
+        let hour_start = Resolution::Hour.start_of(last_at);
+        let samples = self.store.samples(id, minute_start, last_at)?;
+        let minute = self.store.rollup(id, Resolution::Minute, minute_start)?;
+        let hour = self.store.rollup(id, Resolution::Hour, hour_start)?;
+        if let Some(minute) = minute.filter(|m| m.samples as usize == samples.len()) {
+            return Ok(vec![
+                (Resolution::Minute, minute_start, minute),
+                (Resolution::Hour, hour_start, hour.unwrap_or_default()),
+            ]);
+        }
+        let mut minute = Rollup::default();
+        // The sample before the minute says what its first one continues.
+        let mut context = match self.store.sample_at(id, minute_start - 1)? {
+            Some((t, sample)) => rollup::stored_sample_rollup(t, sample, context).1,
+            None => context.clone(),
+        };
+        for (t, sample) in samples {
+            let (r, next) = rollup::stored_sample_rollup(t, sample, &context);
+            rollup::fold_into_minute(&mut minute, &r);
+            context = next;
+        }
+        let mut rebuilt = Rollup::default();
+        for (_, m) in self
+            .store
+            .rollups(id, Resolution::Minute, hour_start, minute_start - 1)?
+        {
+            rollup::merge(&mut rebuilt, &m);
+        }
+        rollup::merge(&mut rebuilt, &minute);
+        if let Some(stored) = hour {
+            rebuilt.longest = stored.longest;
+        }
+        rebuilt.longest_tracked = false;
+        Ok(vec![
+            (Resolution::Minute, minute_start, minute),
+            (Resolution::Hour, hour_start, rebuilt),
+        ])
     }
 
     fn append_locked(
@@ -211,14 +279,19 @@ impl Ingestor {
             rollup::sample_rollup(snapshot, &alone)
         };
         let cache = std::mem::take(&mut state.rollups);
-        let mut rollups = self.fold_rollups(state.id, cache, t, &sample_rollup)?;
+        let (rollups, open_rollups) =
+            self.fold_rollups(state.id, cache, t, &sample_rollup, in_order)?;
         let mut changes = Changes::default();
         if in_order {
             changes.extend(state.sessions.observe(snapshot));
             let in_force = facts.as_ref().or(state.facts.as_ref());
             changes.extend(state.instance.observe(snapshot, in_force));
         }
-        self.note_ended(state.id, &mut rollups, &changes.closed)?;
+        let mut both = Folded {
+            now: rollups,
+            open: open_rollups,
+        };
+        self.note_ended(state.id, &mut both, &changes.closed)?;
         let texts = snapshot
             .queries
             .iter()
@@ -232,7 +305,8 @@ impl Ingestor {
             sample: stored_sample(owned),
             texts,
             facts: facts.clone(),
-            rollups,
+            rollups: both.now,
+            open_rollups: both.open,
             opened: changes.opened,
             closed: changes.closed,
             dropped,
@@ -252,40 +326,52 @@ impl Ingestor {
         if in_order {
             state.context = next_context;
             state.last_at = t;
-            state.rollups = append.rollups;
+            state.rollups = append.open_rollups;
         } else {
-            // A late sample may have rewritten a cached rollup.
+            // A late sample may have written a cached rollup: read the
+            // current ones from the store next time.
             state.rollups.clear();
         }
         Ok(Outcome::Stored)
     }
 
-    /// The minute and hour rollups `t` falls in, with its sample folded in.
-    /// The minute and hour rollups `t` falls in, with its sample folded in.
+    /// The minute and hour rollups `t` falls in, with its sample folded in:
+    /// kept open when the sample is in order, written now when it is late.
     /// The instance's current ones are kept in memory (`cache`), so a
-    /// sample reads the store only when it starts a new minute or hour.
+    /// sample reads the store only when it starts a new minute or hour. In
+    /// order, a sample that starts a new minute closes the cached one
+    /// (written now) and writes the hour as it stood: stored hours then
+    /// always cover whole stored minutes.
     fn fold_rollups(
         &self,
         id: InstanceId,
         mut cache: Vec<(Resolution, Micros, Rollup)>,
         t: Micros,
         sample: &Rollup,
-    ) -> Result<Vec<(Resolution, Micros, Rollup)>, StoreError> {
-        let mut current = |res: Resolution| -> Result<(Micros, Rollup), StoreError> {
-            let start = res.start_of(t);
+        in_order: bool,
+    ) -> Result<(Rollups, Rollups), StoreError> {
+        let minute_start = Resolution::Minute.start_of(t);
+        let hour_start = Resolution::Hour.start_of(t);
+        let new_minute = cache
+            .iter()
+            .any(|(r, s, _)| *r == Resolution::Minute && *s != minute_start);
+        let mut current = |res: Resolution, start: Micros| -> Result<Rollup, StoreError> {
             let cached = cache
                 .iter()
                 .position(|(r, s, _)| *r == res && *s == start)
                 .map(|i| cache.swap_remove(i).2);
-            let rollup = match cached {
-                Some(r) => r,
-                None => self.store.rollup(id, res, start)?.unwrap_or_default(),
-            };
-            Ok((start, rollup))
+            match cached {
+                Some(r) => Ok(r),
+                None => Ok(self.store.rollup(id, res, start)?.unwrap_or_default()),
+            }
         };
-        let (minute_start, mut minute) = current(Resolution::Minute)?;
+        let mut minute = current(Resolution::Minute, minute_start)?;
         rollup::fold_into_minute(&mut minute, sample);
-        let (hour_start, mut hour) = current(Resolution::Hour)?;
+        let mut hour = current(Resolution::Hour, hour_start)?;
+        let mut now = Vec::new();
+        if in_order && new_minute && hour.samples > 0 {
+            now.push((Resolution::Hour, hour_start, hour.clone()));
+        }
         if hour.samples == 0 {
             // A new hour: its list of longest episodes starts complete.
             hour.longest_tracked = true;
@@ -294,44 +380,58 @@ impl Ingestor {
         hour.max_started_per_minute = hour
             .max_started_per_minute
             .max(minute.max_started_per_minute);
-        Ok(vec![
+        let folded = vec![
             (Resolution::Minute, minute_start, minute),
             (Resolution::Hour, hour_start, hour),
-        ])
+        ];
+        if !in_order {
+            return Ok((folded, Vec::new()));
+        }
+        // What is left in the cache is a minute or hour this sample left.
+        now.extend(cache);
+        Ok((now, folded))
     }
 
     /// Notes each closed episode in the rollup of the hour it ended in: the
     /// current hour's, or (an episode that ended before the sample that
-    /// saw it end, across an hour's start) an earlier one, added to
-    /// `rollups` so it is written with the sample.
+    /// saw it end, across an hour's start) an earlier one, which is then
+    /// written with the sample.
     fn note_ended(
         &self,
         id: InstanceId,
-        rollups: &mut Vec<(Resolution, Micros, Rollup)>,
+        rollups: &mut Folded,
         closed: &[(EpisodeKind, EpisodeRecord)],
     ) -> Result<(), StoreError> {
         for (kind, e) in closed {
             let span = e.span();
             let start = Resolution::Hour.start_of(span.ended_us);
-            let at = rollups
-                .iter()
-                .position(|(r, s, _)| *r == Resolution::Hour && *s == start);
-            let at = match at {
-                Some(at) => at,
-                None => {
-                    let hour = self.store.rollup(id, Resolution::Hour, start)?;
-                    let hour = hour.unwrap_or_else(|| Rollup {
-                        longest_tracked: true,
-                        ..Default::default()
-                    });
-                    rollups.push((Resolution::Hour, start, hour));
-                    rollups.len() - 1
-                }
+            let hour = |r: &(Resolution, Micros, Rollup)| r.0 == Resolution::Hour && r.1 == start;
+            let rollup = if let Some(at) = rollups.open.iter().position(hour) {
+                &mut rollups.open[at].2
+            } else if let Some(at) = rollups.now.iter().position(hour) {
+                &mut rollups.now[at].2
+            } else {
+                let stored = self.store.rollup(id, Resolution::Hour, start)?;
+                let stored = stored.unwrap_or_else(|| Rollup {
+                    longest_tracked: true,
+                    ..Default::default()
+                });
+                rollups.now.push((Resolution::Hour, start, stored));
+                &mut rollups.now.last_mut().expect("just pushed").2
             };
-            longest::note_ended(&mut rollups[at].2, *kind, span);
+            longest::note_ended(rollup, *kind, span);
         }
         Ok(())
     }
+}
+
+/// Rollups by resolution and start.
+type Rollups = Vec<(Resolution, Micros, Rollup)>;
+
+/// A sample's rollups: those written with it and those it leaves open.
+struct Folded {
+    now: Rollups,
+    open: Rollups,
 }
 
 /// The snapshot as a sample to store, its rows moved when it is owned.

@@ -14,7 +14,7 @@ use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
 
-use crate::store::{Max, PeakRollup, Rollup};
+use crate::store::{Max, PeakRollup, Rollup, StoredSample};
 
 /// The state name used when the agent's role may not see a session's state.
 pub const UNKNOWN: &str = "unknown";
@@ -300,6 +300,18 @@ fn fold_peak(
         *a.1 = b.1;
         *a.2 = b.2.clone();
     }
+}
+
+/// [`sample_rollup`] of a stored sample (with all its rows) taken at `t`.
+pub fn stored_sample_rollup(t: Micros, sample: StoredSample, ctx: &Context) -> (Rollup, Context) {
+    let snapshot = Snapshot {
+        sampled_at: t,
+        sessions: sample.sessions,
+        processes: sample.processes,
+        sessions_total: sample.sessions_total,
+        ..Default::default()
+    };
+    sample_rollup(&snapshot, ctx)
 }
 
 /// Folds a sample's rollup into its minute's: as [`merge`], and the

@@ -10,7 +10,7 @@
 
 use pgtrail_proto::time::Micros;
 
-use crate::ingest::rollup::{merge, merge_peak, sample_rollup, Context};
+use crate::ingest::rollup::{merge, merge_peak, stored_sample_rollup, Context};
 use crate::store::{InstanceId, PeakRollup, Resolution, Rollup, Store, StoreError};
 
 /// Windows up to this long are read exactly, raw samples at the edges
@@ -184,14 +184,7 @@ fn raw<P: Piece>(
         ..Default::default()
     };
     for (t, sample) in store.samples(id, from, to)? {
-        let snapshot = pgtrail_proto::model::Snapshot {
-            sampled_at: t,
-            sessions: sample.sessions,
-            processes: sample.processes,
-            sessions_total: sample.sessions_total,
-            ..Default::default()
-        };
-        let (rollup, next) = sample_rollup(&snapshot, &context);
+        let (rollup, next) = stored_sample_rollup(t, sample, &context);
         context = next;
         out.push((t, P::of_sample(rollup)));
     }

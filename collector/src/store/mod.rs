@@ -32,6 +32,12 @@
 //! - A rollup is its `rollups` value followed by its `rollup_maps` value,
 //!   decoded as one message; both are written in the same transaction and
 //!   expire by the same key range (`rollups` first).
+//! - A minute or hour still being written is kept in memory, not
+//!   rewritten in sled every sample ([`open`]); reads see it over the
+//!   stored one. It is written when a later stretch of the same instance
+//!   and resolution opens, when an append writes it itself, and at
+//!   shutdown. After a crash the ingestor rebuilds it from the stored
+//!   samples and minutes ([`crate::ingest`]).
 //! - A rollup is the merge of every sample in its stretch (see
 //!   [`crate::ingest::rollup`]); merging is order-independent, so a late
 //!   sample folds in like any other.
@@ -48,6 +54,7 @@ mod chain;
 mod delta;
 mod expire;
 mod keys;
+mod open;
 mod records;
 mod sled;
 mod split;
@@ -112,9 +119,14 @@ pub struct Append {
     pub texts: Vec<(u64, std::sync::Arc<str>)>,
     /// The facts, when they differ from the latest stored.
     pub facts: Option<pb::InstanceFacts>,
-    /// The rollups the sample falls in, already merged with what was
-    /// stored.
+    /// Rollups to write now (stretches that are over, or that a late
+    /// sample changed), already merged with what was stored.
     pub rollups: Vec<(Resolution, Micros, Rollup)>,
+    /// The rollups of the stretches the sample opens or continues (the
+    /// instance's current minute and hour), with it folded in: kept open
+    /// in memory, written when their stretch closes or the store persists
+    /// them (see [`open`]).
+    pub open_rollups: Vec<(Resolution, Micros, Rollup)>,
     /// Episodes open now, written (or rewritten) in the open set.
     pub opened: Vec<(EpisodeKind, EpisodeRecord)>,
     /// Episodes that ended (removed from the open set).
@@ -157,8 +169,11 @@ pub trait Store: Send + Sync + 'static {
     /// Whether a sample of `instance` at `t` is stored.
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError>;
     /// Makes everything appended so far durable (blocks on the disk: call
-    /// it from a blocking task).
+    /// it from a blocking task). Open rollups stay in memory.
     fn flush(&self) -> Result<(), StoreError>;
+    /// Writes the open rollups as they stand (they stay open) and flushes:
+    /// what a clean shutdown calls last.
+    fn persist_open(&self) -> Result<(), StoreError>;
     /// The first and last sample times.
     fn sample_bounds(&self, instance: InstanceId) -> Result<Option<(Micros, Micros)>, StoreError>;
     /// The sample at or just before `t`, with all its rows (however it is

@@ -13,6 +13,7 @@ use sled::{Transactional, Tree};
 use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
+use super::open::{OpenRollup, OpenRollups};
 use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
@@ -49,6 +50,8 @@ pub struct SledStore {
     /// Per instance, the last sample appended in order and its encoded
     /// rows: what the next sample's delta is taken against.
     pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Base)>>,
+    /// The rollups still being written.
+    open: OpenRollups,
 }
 
 impl SledStore {
@@ -72,6 +75,7 @@ impl SledStore {
             db,
             instance_keys: RwLock::new(HashMap::new()),
             chains: std::sync::Mutex::new(HashMap::new()),
+            open: OpenRollups::default(),
         };
         match store.meta.get("format")? {
             None => {
@@ -115,34 +119,106 @@ impl SledStore {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
     }
 
-    /// A rollup from its head (in `rollups`, under `key`) and its maps.
-    fn whole_rollup(&self, key: &[u8], head: &[u8]) -> Result<Rollup, StoreError> {
+    /// A rollup from its head (in `rollups`, under `key`) and its maps:
+    /// `maps` when given (an open rollup's), else what `rollup_maps` holds.
+    fn whole_rollup(
+        &self,
+        key: &[u8],
+        head: &[u8],
+        maps: Option<&[u8]>,
+    ) -> Result<Rollup, StoreError> {
         let mut bytes = head.to_vec();
-        if let Some(maps) = self.rollup_maps.get(key)? {
-            bytes.extend_from_slice(&maps);
+        match maps {
+            Some(maps) => bytes.extend_from_slice(maps),
+            None => {
+                if let Some(maps) = self.rollup_maps.get(key)? {
+                    bytes.extend_from_slice(&maps);
+                }
+            }
         }
         decode("rollups", &bytes)
     }
 
-    /// Rollups starting in `[from, to]`, each made from its key and its
-    /// head (the value in `rollups`) by `read`.
+    /// Rollups starting in `[from, to]`, each made from its key, its head
+    /// and, for an open one, its maps by `read`; an open rollup is read
+    /// instead of the stored one of the same stretch.
     fn rollup_range<T>(
         &self,
         instance: InstanceId,
         res: Resolution,
         (from, to): (Micros, Micros),
-        read: impl Fn(&[u8], &[u8]) -> Result<T, StoreError>,
+        read: impl Fn(&[u8], &[u8], Option<&[u8]>) -> Result<T, StoreError>,
     ) -> Result<Vec<(Micros, T)>, StoreError> {
         if from > to {
             return Ok(Vec::new());
         }
-        self.rollups
+        // The open one first: an append that writes it to sled removes it
+        // from memory afterwards, so it is always seen in one or the other.
+        let open = self.open.within(instance, res, from, to);
+        let mut out = Vec::new();
+        for e in self
+            .rollups
             .range(keys::rollup(instance, res, from)..=keys::rollup(instance, res, to))
-            .map(|e| {
-                let (k, head) = e?;
-                Ok((keys::time_of_rollup_key(&k), read(&k, &head)?))
+        {
+            let (k, head) = e?;
+            let start = keys::time_of_rollup_key(&k);
+            if open.as_ref().is_none_or(|o| o.start != start) {
+                out.push((start, read(&k, &head, None)?));
+            }
+        }
+        if let Some(o) = open {
+            let key = keys::rollup(instance, res, o.start);
+            let at = out.partition_point(|(start, _)| *start < o.start);
+            out.insert(at, (o.start, read(&key, &o.head, Some(&o.maps))?));
+        }
+        Ok(out)
+    }
+
+    /// Writes these rollups, split as stored, in one batch per tree.
+    fn write_rollups<'a>(
+        &self,
+        rollups: impl Iterator<Item = (InstanceId, Resolution, &'a OpenRollup)>,
+    ) -> Result<(), StoreError> {
+        let (mut heads, mut maps) = (sled::Batch::default(), sled::Batch::default());
+        for (id, res, o) in rollups {
+            let key = keys::rollup(id, res, o.start);
+            heads.insert(&key, o.head.as_slice());
+            maps.insert(&key, o.maps.as_slice());
+        }
+        (&self.rollups, &self.rollup_maps)
+            .transaction(|(r, m)| {
+                r.apply_batch(&heads)?;
+                m.apply_batch(&maps)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
-            .collect()
+            .map_err(|e| match e {
+                TransactionError::Abort(e) => e,
+                TransactionError::Storage(e) => StoreError::Sled(e),
+            })
+    }
+}
+
+/// A rollup split as stored.
+fn split(start: Micros, r: &Rollup) -> OpenRollup {
+    let (head, maps) =
+        split_fields(&r.encode_to_vec(), &ROLLUP_MAPS).expect("a message just encoded splits");
+    OpenRollup { start, head, maps }
+}
+
+impl SledStore {
+    /// Forgets the open rollups without writing them, as a crash would:
+    /// for tests of what the ingestor rebuilds.
+    #[doc(hidden)]
+    pub fn discard_open(&self) {
+        self.open.discard();
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        if let Err(e) = self.persist_open() {
+            tracing::warn!(error = %e, "could not write the open rollups at close");
+        }
     }
 }
 
@@ -241,15 +317,24 @@ impl Store for SledStore {
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
         let (sample, rows) = self.encode_sample(a);
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
-        let rollups = a
+        let writing: Vec<(Resolution, Micros)> = a
             .rollups
             .iter()
-            .map(|(res, start, r)| {
-                let (head, maps) = split_fields(&r.encode_to_vec(), &ROLLUP_MAPS)
-                    .expect("a message just encoded splits");
-                (keys::rollup(a.instance, *res, *start), head, maps)
-            })
-            .collect::<Vec<_>>();
+            .map(|(res, start, _)| (*res, *start))
+            .collect();
+        let opening: Vec<(Resolution, OpenRollup)> = a
+            .open_rollups
+            .iter()
+            .map(|(res, start, r)| (*res, split(*start, r)))
+            .collect();
+        let opening_at: Vec<_> = opening.iter().map(|(res, o)| (*res, o.start)).collect();
+        // Written now: the append's own, and the open ones it closes.
+        let rollups: Vec<(Resolution, OpenRollup)> = a
+            .rollups
+            .iter()
+            .map(|(res, start, r)| (*res, split(*start, r)))
+            .chain(self.open.closed_by(a.instance, &opening_at, &writing))
+            .collect();
         let opened: Vec<_> = a
             .opened
             .iter()
@@ -292,9 +377,10 @@ impl Store for SledStore {
                 if let Some(f) = &facts {
                     facts_t.insert(&sample_key, f.as_slice())?;
                 }
-                for (key, head, maps) in &rollups {
-                    rollups_t.insert(key, head.as_slice())?;
-                    maps_t.insert(key, maps.as_slice())?;
+                for (res, o) in &rollups {
+                    let key = keys::rollup(a.instance, *res, o.start);
+                    rollups_t.insert(&key, o.head.as_slice())?;
+                    maps_t.insert(&key, o.maps.as_slice())?;
                 }
                 for (key, value) in &opened {
                     open.insert(key, value.as_slice())?;
@@ -331,6 +417,9 @@ impl Store for SledStore {
             if newer {
                 chains.insert(a.instance, (a.sampled_at, rows));
             }
+            drop(chains);
+            let written: Vec<_> = rollups.iter().map(|(res, o)| (*res, o.start)).collect();
+            self.open.settle(a.instance, &written, opening);
         }
         Ok(stored)
     }
@@ -344,6 +433,12 @@ impl Store for SledStore {
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+
+    fn persist_open(&self) -> Result<(), StoreError> {
+        let open = self.open.all();
+        self.write_rollups(open.iter().map(|(id, res, o)| (*id, *res, o)))?;
+        self.flush()
     }
 
     fn sample_bounds(&self, instance: InstanceId) -> Result<Option<(Micros, Micros)>, StoreError> {
@@ -412,9 +507,12 @@ impl Store for SledStore {
         start: Micros,
     ) -> Result<Option<Rollup>, StoreError> {
         let key = keys::rollup(instance, res, start);
+        if let Some(o) = self.open.within(instance, res, start, start) {
+            return self.whole_rollup(&key, &o.head, Some(&o.maps)).map(Some);
+        }
         match self.rollups.get(key)? {
             None => Ok(None),
-            Some(head) => self.whole_rollup(&key, &head).map(Some),
+            Some(head) => self.whole_rollup(&key, &head, None).map(Some),
         }
     }
 
@@ -425,8 +523,8 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
-        self.rollup_range(instance, res, (from, to), |k, head| {
-            self.whole_rollup(k, head)
+        self.rollup_range(instance, res, (from, to), |k, head, maps| {
+            self.whole_rollup(k, head, maps)
         })
     }
 
@@ -437,7 +535,9 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, PeakRollup)>, StoreError> {
-        self.rollup_range(instance, res, (from, to), |_, head| decode("rollups", head))
+        self.rollup_range(instance, res, (from, to), |_, head, _| {
+            decode("rollups", head)
+        })
     }
 
     fn episode_rollups(
@@ -446,7 +546,7 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, EpisodeRollup)>, StoreError> {
-        self.rollup_range(instance, Resolution::Hour, (from, to), |_, head| {
+        self.rollup_range(instance, Resolution::Hour, (from, to), |_, head, _| {
             decode("rollups", head)
         })
     }

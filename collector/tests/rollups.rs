@@ -1,0 +1,156 @@
+//! The current minute and hour of an instance are kept open in memory and
+//! written when they close: questions see them before they are written, a
+//! clean stop writes them, and after a crash the ingestor rebuilds them
+//! from the stored samples and minutes, to the same record.
+
+use std::sync::Arc;
+
+use pgtrail_collector::store::{Resolution, Rollup, SledStore, Store};
+use pgtrail_collector::Ingestor;
+use pgtrail_proto::model::{Snapshot, IDLE_IN_TRANSACTION};
+use pgtrail_proto::pb;
+use pgtrail_proto::time::{Micros, SECOND};
+
+/// A whole hour.
+const T0: Micros = 1_790_002_800 * SECOND;
+const MINUTE: Micros = 60 * SECOND;
+
+/// Sample `i`: sessions come and go, change state, and one sits idle in
+/// transaction now and then.
+fn sample(i: i64) -> Snapshot {
+    let mut s = Snapshot {
+        instance: "5432".into(),
+        seq: i as u64 + 1,
+        sampled_at: T0 + i * SECOND,
+        ..Default::default()
+    };
+    for pid in 100..120 {
+        if pid % 5 == 0 && (i / 7 + pid as i64) % 2 == 0 {
+            continue;
+        }
+        let (state, since) = match (i + pid as i64) % 13 {
+            0..=2 => ("active", i - (i + pid as i64) % 13),
+            3..=5 => (IDLE_IN_TRANSACTION, i - (i + pid as i64) % 13 + 3),
+            _ => ("idle", i - (i + pid as i64) % 13 + 6),
+        };
+        s.sessions.push(pb::Session {
+            pid,
+            backend_type: "client backend".into(),
+            backend_start_us: Some(T0 - pid as i64 * SECOND),
+            user: Some(format!("user{}", pid % 3)),
+            state: Some(state.into()),
+            state_change_us: Some(T0 + since * SECOND),
+            query_start_us: Some(T0 + since * SECOND),
+            ..Default::default()
+        });
+    }
+    s
+}
+
+async fn ingest(ingestor: &Ingestor, samples: std::ops::Range<i64>) {
+    for i in samples {
+        ingestor.ingest("db", &sample(i)).await.unwrap();
+    }
+}
+
+/// The instance's minute rollups and its hour rollup.
+fn rollups(store: &dyn Store) -> (Vec<(Micros, Rollup)>, Rollup) {
+    let id = store.instances().unwrap()[0].id;
+    let minutes = store
+        .rollups(id, Resolution::Minute, T0, T0 + 3_599 * SECOND)
+        .unwrap();
+    let hour = store.rollup(id, Resolution::Hour, T0).unwrap().unwrap();
+    (minutes, hour)
+}
+
+/// Records samples `0..stop`, stops (cleanly or as a crash would), opens
+/// the store again and records `stop..end`.
+async fn record_with_a_stop(dir: &std::path::Path, stop: i64, end: i64, crash: bool) {
+    let store = Arc::new(SledStore::open(dir).unwrap());
+    let ingestor = Ingestor::new(store.clone());
+    ingest(&ingestor, 0..stop).await;
+    if crash {
+        store.discard_open();
+    } else {
+        ingestor.close().await.unwrap();
+    }
+    drop((ingestor, store));
+    let store = Arc::new(SledStore::open(dir).unwrap());
+    let ingestor = Ingestor::new(store.clone());
+    ingest(&ingestor, stop..end).await;
+    ingestor.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn open_rollups_are_answered_before_they_are_written_and_kept_at_a_clean_stop() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Arc::new(SledStore::open(dir.path()).unwrap());
+        let ingestor = Ingestor::new(store.clone());
+        ingest(&ingestor, 0..95).await;
+        let (minutes, hour) = rollups(store.as_ref());
+        let starts: Vec<Micros> = minutes.iter().map(|(t, _)| *t).collect();
+        assert_eq!(starts, vec![T0, T0 + MINUTE], "the open minute is answered");
+        assert_eq!((minutes[0].1.samples, minutes[1].1.samples), (60, 35));
+        assert_eq!(hour.samples, 95, "the open hour has every sample");
+        let peaks = store
+            .peak_rollups(
+                store.instances().unwrap()[0].id,
+                Resolution::Minute,
+                T0,
+                T0 + MINUTE,
+            )
+            .unwrap();
+        assert_eq!(peaks.len(), 2);
+        assert_eq!(peaks[1].1.samples, 35);
+        ingestor.close().await.unwrap();
+    }
+    let store = SledStore::open(dir.path()).unwrap();
+    let (minutes, hour) = rollups(&store);
+    assert_eq!(minutes.iter().map(|(_, m)| m.samples).sum::<u32>(), 95);
+    assert_eq!(hour.samples, 95, "written at the stop");
+}
+
+#[tokio::test]
+async fn after_a_crash_the_open_rollups_are_rebuilt_from_what_was_stored() {
+    // Stopped mid-minute and mid-hour, then continued into the next hour.
+    let (clean, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    record_with_a_stop(clean.path(), 1_000, 1_150, false).await;
+    record_with_a_stop(crashed.path(), 1_000, 1_150, true).await;
+    let clean = SledStore::open(clean.path()).unwrap();
+    let crashed = SledStore::open(crashed.path()).unwrap();
+    let (clean_minutes, clean_hour) = rollups(&clean);
+    let (crashed_minutes, mut crashed_hour) = rollups(&crashed);
+    assert_eq!(clean_minutes.len(), 20);
+    assert_eq!(crashed_minutes.len(), 20);
+    for (a, b) in clean_minutes.iter().zip(&crashed_minutes) {
+        assert!(a == b, "the minute at {} differs after the crash", a.0);
+    }
+    assert_eq!(clean_hour.samples, 1_150);
+    assert!(clean_hour.longest_tracked);
+    assert!(
+        !crashed_hour.longest_tracked,
+        "episodes that ended in the lost stretch may be missing from its list"
+    );
+    crashed_hour.longest_tracked = true;
+    crashed_hour.longest = clean_hour.longest.clone();
+    assert!(
+        crashed_hour == clean_hour,
+        "the hour differs after the crash"
+    );
+
+    // A crash in the first minute of an hour, with nothing of that hour
+    // written yet.
+    let (clean_dir, crashed_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    record_with_a_stop(clean_dir.path(), 30, 70, false).await;
+    record_with_a_stop(crashed_dir.path(), 30, 70, true).await;
+    let (a, b) = (
+        rollups(&SledStore::open(clean_dir.path()).unwrap()),
+        rollups(&SledStore::open(crashed_dir.path()).unwrap()),
+    );
+    assert!(
+        a.0 == b.0,
+        "minutes differ after a crash in the first minute"
+    );
+    assert_eq!((a.1.samples, b.1.samples), (70, 70));
+}
