@@ -2,7 +2,11 @@
 //! repeat each other (an idle session's row and its process do not change
 //! from one second to the next), so the store keeps a full sample (a
 //! keyframe) at the start of each minute and, after it, only what changed:
-//! rows that are new or differ, and the pids that are gone.
+//! rows that are new, rows that differ, and the pids that are gone. A row
+//! that differs is stored as a field patch against the same pid's row in
+//! the base sample (see [`super::patch`]: an active session's counters
+//! moved, the rest of its row did not), or in full when the patch is not
+//! smaller.
 //!
 //! A delta names the sample it was taken against (`base_us`), so a sample
 //! is rebuilt by following those links back to a keyframe (at most a
@@ -12,70 +16,232 @@
 //! Writing encodes each row once ([`Encoded`]): the stored value is put
 //! together from those bytes, and the next sample's rows are compared with
 //! them byte for byte, walking both samples' rows in pid order, so nothing
-//! is decoded or copied row by row. Reading rebuilds rows by pid
-//! ([`Rows`]).
+//! is decoded or copied row by row. Reading keeps rows encoded, by pid,
+//! while it walks a chain ([`Stored`], [`Rows`]): a keyframe's rows are
+//! slices of its stored value, a patch applies to the bytes of the row
+//! before, and a row is decoded only when a sample is handed out, once
+//! for as long as it does not change.
+//! Deltas stored before patches existed hold only full rows and read the
+//! same way (a build that predates patches would not see patched rows).
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
-use prost::encoding::{encode_key, encode_varint, WireType};
-use prost::Message;
+use prost::bytes::Bytes;
+use prost::encoding::{
+    decode_key, decode_varint, encode_key, encode_varint, skip_field, DecodeContext, WireType,
+};
+use prost::{DecodeError, Message};
 
+use super::patch::{self, PatchError};
 use super::records::StoredSample;
 
-/// `StoredSample`'s field numbers for its rows.
-const SESSIONS_TAG: u32 = 1;
-const PROCESSES_TAG: u32 = 2;
+/// `StoredSample`'s field numbers for its rows and patches.
+const SESSION_ROWS: u32 = 1;
+const PROCESS_ROWS: u32 = 2;
+const SESSION_PATCHES: u32 = 11;
+const PROCESS_PATCHES: u32 = 12;
 
-/// A sample's rows by pid.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// Where one kind of row goes in a `StoredSample`.
+#[derive(Debug, Clone, Copy)]
+struct Tags {
+    /// Full rows.
+    rows: u32,
+    /// Field patches.
+    patches: u32,
+}
+
+const SESSIONS: Tags = Tags {
+    rows: SESSION_ROWS,
+    patches: SESSION_PATCHES,
+};
+const PROCESSES: Tags = Tags {
+    rows: PROCESS_ROWS,
+    patches: PROCESS_PATCHES,
+};
+
+/// A stored sample as read: everything but its rows decoded, its rows and
+/// patches still encoded (slices of the stored value).
+#[derive(Debug)]
+pub struct Stored {
+    /// The sample without rows or patches.
+    pub header: StoredSample,
+    sessions: Changes,
+    processes: Changes,
+}
+
+/// One kind of row of a stored sample.
+#[derive(Debug, Default)]
+struct Changes {
+    /// Full rows.
+    rows: Vec<Bytes>,
+    /// Field patches, each starting with its pid.
+    patches: Vec<Bytes>,
+}
+
+impl Stored {
+    /// Reads a stored value; its rows and patches stay slices of `bytes`.
+    pub fn parse(bytes: Bytes) -> Result<Self, DecodeError> {
+        let mut head = Vec::new();
+        let (mut sessions, mut processes) = (Changes::default(), Changes::default());
+        let mut rest: &[u8] = &bytes;
+        while !rest.is_empty() {
+            let start = bytes.len() - rest.len();
+            let (tag, wire_type) = decode_key(&mut rest)?;
+            let mut payload = rest;
+            skip_field(wire_type, tag, &mut rest, DecodeContext::default())?;
+            let end = bytes.len() - rest.len();
+            let list = match tag {
+                SESSION_ROWS => Some(&mut sessions.rows),
+                PROCESS_ROWS => Some(&mut processes.rows),
+                SESSION_PATCHES => Some(&mut sessions.patches),
+                PROCESS_PATCHES => Some(&mut processes.patches),
+                _ => None,
+            };
+            match list {
+                Some(list) if wire_type == WireType::LengthDelimited => {
+                    // `skip_field` checked that the length fits.
+                    let len = decode_varint(&mut payload)? as usize;
+                    list.push(bytes.slice(end - len..end));
+                }
+                _ => head.extend_from_slice(&bytes[start..end]),
+            }
+        }
+        Ok(Self {
+            header: StoredSample::decode(head.as_slice())?,
+            sessions,
+            processes,
+        })
+    }
+}
+
+/// A sample's rows by pid: encoded, and decoded once asked for.
+#[derive(Debug, Default)]
 pub struct Rows {
-    /// Sessions by pid.
-    pub sessions: BTreeMap<i32, pb::Session>,
-    /// Processes by pid.
-    pub processes: BTreeMap<i32, pb::Process>,
+    sessions: BTreeMap<i32, Kept<pb::Session>>,
+    processes: BTreeMap<i32, Kept<pb::Process>>,
+}
+
+/// A row as read: its encoding, and the row once decoded.
+#[derive(Debug)]
+struct Kept<M> {
+    bytes: Bytes,
+    decoded: Option<M>,
 }
 
 impl Rows {
-    /// The rows of a full sample.
-    pub fn of(sample: &StoredSample) -> Self {
-        Self {
-            sessions: sample.sessions.iter().map(|s| (s.pid, s.clone())).collect(),
-            processes: sample
-                .processes
-                .iter()
-                .map(|p| (p.pid, p.clone()))
-                .collect(),
+    /// Applies a stored sample: a keyframe's rows replace all; a delta's
+    /// changes apply to the rows of its base sample, which `self` must
+    /// hold. On an error `self` is left part applied.
+    pub fn apply(&mut self, stored: &Stored) -> Result<(), PatchError> {
+        if stored.header.keyframe {
+            self.sessions.clear();
+            self.processes.clear();
         }
+        apply(
+            &mut self.sessions,
+            &stored.header.gone_sessions,
+            &stored.sessions,
+        )?;
+        apply(
+            &mut self.processes,
+            &stored.header.gone_processes,
+            &stored.processes,
+        )
     }
 
-    /// Applies a delta's changes.
-    pub fn apply(&mut self, delta: &StoredSample) {
-        for pid in &delta.gone_sessions {
-            self.sessions.remove(pid);
-        }
-        for pid in &delta.gone_processes {
-            self.processes.remove(pid);
-        }
-        for s in &delta.sessions {
-            self.sessions.insert(s.pid, s.clone());
-        }
-        for p in &delta.processes {
-            self.processes.insert(p.pid, p.clone());
-        }
+    /// `header` (a stored sample's) with a copy of these rows, sorted by
+    /// pid: a full sample. Rows are decoded once, and stay decoded until a
+    /// change replaces them, so a run of samples decodes only what changed.
+    pub fn fill(&mut self, header: StoredSample) -> Result<StoredSample, DecodeError> {
+        Ok(whole(
+            header,
+            copies(&mut self.sessions)?,
+            copies(&mut self.processes)?,
+        ))
     }
 
-    /// Moves the rows into `sample` (sorted by pid), making it full.
-    pub fn fill(self, sample: &mut StoredSample) {
-        sample.sessions = self.sessions.into_values().collect();
-        sample.processes = self.processes.into_values().collect();
-        sample.keyframe = true;
-        sample.base_us = None;
-        sample.gone_sessions.clear();
-        sample.gone_processes.clear();
+    /// As [`Rows::fill`], moving the rows into the sample.
+    pub fn into_sample(self, header: StoredSample) -> Result<StoredSample, DecodeError> {
+        Ok(whole(
+            header,
+            decoded(self.sessions)?,
+            decoded(self.processes)?,
+        ))
     }
+}
+
+/// Applies one kind of row's changes to `rows`.
+fn apply<M>(
+    rows: &mut BTreeMap<i32, Kept<M>>,
+    gone: &[i32],
+    changes: &Changes,
+) -> Result<(), PatchError> {
+    for pid in gone {
+        rows.remove(pid);
+    }
+    for row in &changes.rows {
+        // Of rows sharing a pid, the last counts.
+        let kept = Kept {
+            bytes: row.clone(),
+            decoded: None,
+        };
+        rows.insert(patch::first_field(row)? as i32, kept);
+    }
+    for p in &changes.patches {
+        let (pid, fields) = patch::pid(p)?;
+        let kept = rows.get_mut(&pid).ok_or(PatchError::NoBase(pid))?;
+        let mut row = Vec::with_capacity(kept.bytes.len() + fields.len() + 8);
+        patch::apply(&kept.bytes, fields, &mut row)?;
+        kept.bytes = row.into();
+        kept.decoded = None;
+    }
+    Ok(())
+}
+
+/// Copies of the rows, decoding those not decoded yet.
+fn copies<M: Message + Default + Clone>(
+    rows: &mut BTreeMap<i32, Kept<M>>,
+) -> Result<Vec<M>, DecodeError> {
+    rows.values_mut()
+        .map(|kept| match &kept.decoded {
+            Some(row) => Ok(row.clone()),
+            None => {
+                let row = M::decode(kept.bytes.as_ref())?;
+                kept.decoded = Some(row.clone());
+                Ok(row)
+            }
+        })
+        .collect()
+}
+
+/// The rows, decoding those not decoded yet.
+fn decoded<M: Message + Default>(rows: BTreeMap<i32, Kept<M>>) -> Result<Vec<M>, DecodeError> {
+    rows.into_values()
+        .map(|kept| match kept.decoded {
+            Some(row) => Ok(row),
+            None => M::decode(kept.bytes.as_ref()),
+        })
+        .collect()
+}
+
+/// `header` made a full sample of these rows.
+fn whole(
+    mut header: StoredSample,
+    sessions: Vec<pb::Session>,
+    processes: Vec<pb::Process>,
+) -> StoredSample {
+    header.sessions = sessions;
+    header.processes = processes;
+    header.keyframe = true;
+    header.base_us = None;
+    header.gone_sessions.clear();
+    header.gone_processes.clear();
+    header.session_patches.clear();
+    header.process_patches.clear();
+    header
 }
 
 /// One encoded row: its pid and where its bytes are.
@@ -129,10 +295,10 @@ impl Encoded {
         let header = header(sample, true, None, Vec::new(), Vec::new());
         let mut out = Vec::with_capacity(self.bytes.len() + 8 * self.rows() + 64);
         for row in &self.sessions {
-            self.put(SESSIONS_TAG, row, &mut out);
+            put(SESSIONS.rows, self.row(row), &mut out);
         }
         for row in &self.processes {
-            self.put(PROCESSES_TAG, row, &mut out);
+            put(PROCESSES.rows, self.row(row), &mut out);
         }
         header.encode(&mut out).expect("a Vec grows");
         out
@@ -153,13 +319,6 @@ impl Encoded {
     fn row(&self, row: &Row) -> &[u8] {
         &self.bytes[row.bytes.clone()]
     }
-
-    /// Appends `row` as field `tag` of a `StoredSample`.
-    fn put(&self, tag: u32, row: &Row, out: &mut Vec<u8>) {
-        encode_key(tag, WireType::LengthDelimited, out);
-        encode_varint(row.bytes.len() as u64, out);
-        out.extend_from_slice(self.row(row));
-    }
 }
 
 /// A sample's encoded rows sorted by pid: what the next sample of its
@@ -173,16 +332,9 @@ impl Base {
     pub fn delta(&self, base_at: Micros, current: &Base, sample: &StoredSample) -> Vec<u8> {
         let (base, now) = (&self.0, &current.0);
         let mut out = Vec::with_capacity(now.bytes.len() / 4 + 64);
-        let gone_sessions = changes(
-            SESSIONS_TAG,
-            base,
-            now,
-            &base.sessions,
-            &now.sessions,
-            &mut out,
-        );
+        let gone_sessions = changes(SESSIONS, base, now, &base.sessions, &now.sessions, &mut out);
         let gone_processes = changes(
-            PROCESSES_TAG,
+            PROCESSES,
             base,
             now,
             &base.processes,
@@ -196,10 +348,11 @@ impl Base {
 }
 
 /// Walks `before` (rows of `base`) and `after` (rows of `now`), both sorted
-/// by pid, writing the rows of `after` that are new or differ as field
-/// `tag`; returns the pids that are gone.
+/// by pid, writing the rows of `after` that are new (in full) or differ
+/// (as a patch when it is smaller, else in full) under `tags`; returns the
+/// pids that are gone.
 fn changes(
-    tag: u32,
+    tags: Tags,
     base: &Encoded,
     now: &Encoded,
     before: &[Row],
@@ -207,12 +360,20 @@ fn changes(
     out: &mut Vec<u8>,
 ) -> Vec<i32> {
     let mut gone = Vec::new();
+    let mut scratch = Vec::new();
     let (mut i, mut j) = (0, 0);
     while i < before.len() || j < after.len() {
         match (before.get(i), after.get(j)) {
             (Some(b), Some(a)) if b.pid == a.pid => {
-                if base.row(b) != now.row(a) {
-                    now.put(tag, a, out);
+                let (old, new) = (base.row(b), now.row(a));
+                if old != new {
+                    scratch.clear();
+                    let patched = patch::write(a.pid, old, new, &mut scratch).is_ok();
+                    if patched && scratch.len() < new.len() {
+                        put(tags.patches, &scratch, out);
+                    } else {
+                        put(tags.rows, new, out);
+                    }
                 }
                 i += 1;
                 j += 1;
@@ -226,13 +387,20 @@ fn changes(
                 i += 1;
             }
             (_, Some(a)) => {
-                now.put(tag, a, out);
+                put(tags.rows, now.row(a), out);
                 j += 1;
             }
             (None, None) => unreachable!("the loop ends first"),
         }
     }
     gone
+}
+
+/// Appends `bytes` as field `tag` of a `StoredSample`.
+fn put(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
 }
 
 fn encode_row(pid: i32, row: &impl Message, bytes: &mut Vec<u8>) -> Row {
@@ -245,7 +413,7 @@ fn encode_row(pid: i32, row: &impl Message, bytes: &mut Vec<u8>) -> Row {
 }
 
 /// Sorts rows by pid, keeping the last of rows that share one (as
-/// [`Rows::of`] does).
+/// [`Rows::apply`] does).
 fn by_pid(rows: &mut Vec<Row>) {
     rows.reverse();
     rows.sort_by_key(|r| r.pid);
@@ -271,14 +439,17 @@ fn header(
         base_us,
         gone_sessions,
         gone_processes,
+        session_patches: Vec::new(),
+        process_patches: Vec::new(),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{Population, Rng};
 
-    fn session(pid: i32, state: &str) -> pb::Session {
+    fn idle(pid: i32, state: &str) -> pb::Session {
         pb::Session {
             pid,
             backend_type: "client backend".into(),
@@ -287,7 +458,7 @@ mod tests {
         }
     }
 
-    fn process(pid: i32, rss: u64) -> pb::Process {
+    fn rss(pid: i32, rss: u64) -> pb::Process {
         pb::Process {
             pid,
             rss_bytes: Some(rss),
@@ -304,84 +475,187 @@ mod tests {
         }
     }
 
-    /// `b` stored against `a` (taken at 100), decoded.
-    fn delta(a: &StoredSample, b: &StoredSample) -> StoredSample {
+    fn keyframe(a: &StoredSample) -> Vec<u8> {
+        Encoded::of(a).keyframe(a)
+    }
+
+    /// `b` stored against `a` (taken at 100).
+    fn delta(a: &StoredSample, b: &StoredSample) -> Vec<u8> {
         let base = Encoded::of(a).into_base();
-        let bytes = base.delta(100, &Encoded::of(b).into_base(), b);
-        StoredSample::decode(bytes.as_slice()).unwrap()
+        base.delta(100, &Encoded::of(b).into_base(), b)
+    }
+
+    /// The full samples a chain of stored values reads back as.
+    fn read(values: &[Vec<u8>]) -> Vec<StoredSample> {
+        let mut rows = Rows::default();
+        values
+            .iter()
+            .map(|v| {
+                let stored = Stored::parse(Bytes::from(v.clone())).unwrap();
+                rows.apply(&stored).unwrap();
+                rows.fill(stored.header).unwrap()
+            })
+            .collect()
+    }
+
+    /// `s` as it reads back: a keyframe, its rows by pid (of rows sharing
+    /// one, the last).
+    fn whole(s: &StoredSample) -> StoredSample {
+        let sessions: BTreeMap<i32, pb::Session> =
+            s.sessions.iter().map(|r| (r.pid, r.clone())).collect();
+        let processes: BTreeMap<i32, pb::Process> =
+            s.processes.iter().map(|r| (r.pid, r.clone())).collect();
+        StoredSample {
+            sessions: sessions.into_values().collect(),
+            processes: processes.into_values().collect(),
+            keyframe: true,
+            ..s.clone()
+        }
     }
 
     #[test]
     fn a_delta_holds_only_what_changed_and_rebuilds_the_sample() {
+        let mut wide = rss(5, 50);
+        wide.title = "postgres: app db 10.0.0.1(5000) idle".into();
+        wide.utime_us = Some(1_000_000);
         let a = full(
-            vec![session(1, "idle"), session(2, "idle"), session(3, "active")],
-            vec![process(1, 10), process(2, 20), process(3, 30)],
+            vec![idle(1, "idle"), idle(2, "idle"), idle(3, "active")],
+            vec![rss(1, 10), rss(2, 20), rss(3, 30), wide.clone()],
         );
+        wide.utime_us = Some(1_000_700);
         let mut b = full(
-            vec![session(4, "active"), session(1, "idle"), session(3, "idle")],
-            vec![process(1, 10), process(3, 31), process(4, 40)],
+            vec![idle(4, "active"), idle(1, "idle"), idle(3, "idle")],
+            vec![rss(1, 10), rss(3, 31), rss(4, 40), wide],
         );
         b.seq = 7;
         b.blind_spots = vec!["io".into()];
-        let delta = delta(&a, &b);
-        assert!(!delta.keyframe);
-        assert_eq!(delta.base_us, Some(100));
+        let bytes = delta(&a, &b);
+        let stored = StoredSample::decode(bytes.as_slice()).unwrap();
+        assert!(!stored.keyframe);
+        assert_eq!(stored.base_us, Some(100));
         assert_eq!(
-            (delta.seq, delta.blind_spots.clone()),
+            (stored.seq, stored.blind_spots.clone()),
             (7, vec!["io".into()])
         );
-        let pids: Vec<i32> = delta.sessions.iter().map(|s| s.pid).collect();
-        assert_eq!(pids, vec![3, 4], "session 1 did not change");
-        assert_eq!(delta.gone_sessions, vec![2]);
-        let pids: Vec<i32> = delta.processes.iter().map(|p| p.pid).collect();
+        let pids: Vec<i32> = stored.sessions.iter().map(|s| s.pid).collect();
+        assert_eq!(pids, vec![4], "session 1 did not change, 3 is patched");
+        assert_eq!(stored.session_patches.len(), 1);
+        assert_eq!(patch::pid(&stored.session_patches[0]).unwrap().0, 3);
+        assert_eq!(stored.gone_sessions, vec![2]);
+        // Process 3's patch would be as long as its row.
+        let pids: Vec<i32> = stored.processes.iter().map(|p| p.pid).collect();
         assert_eq!(pids, vec![3, 4]);
-        assert_eq!(delta.gone_processes, vec![2]);
+        assert_eq!(stored.process_patches.len(), 1);
+        assert_eq!(patch::pid(&stored.process_patches[0]).unwrap().0, 5);
+        assert!(stored.process_patches[0].len() < 8);
+        assert_eq!(stored.gone_processes, vec![2]);
 
-        let mut rows = Rows::of(&a);
-        rows.apply(&delta);
-        assert_eq!(rows, Rows::of(&b));
-        let mut rebuilt = delta.clone();
-        rows.fill(&mut rebuilt);
-        let mut sorted = b.sessions.clone();
-        sorted.sort_by_key(|s| s.pid);
-        assert_eq!(rebuilt.sessions, sorted);
-        assert!(rebuilt.keyframe && rebuilt.base_us.is_none());
+        let rebuilt = read(&[keyframe(&a), bytes]);
+        assert_eq!(rebuilt[0], whole(&a));
+        assert_eq!(rebuilt[1], whole(&b));
+        assert!(rebuilt[1].session_patches.is_empty() && rebuilt[1].base_us.is_none());
     }
 
     #[test]
     fn an_unchanged_sample_is_an_empty_delta() {
-        let a = full(vec![session(1, "idle")], vec![process(1, 10)]);
-        let delta = delta(&a, &a);
-        assert!(delta.sessions.is_empty() && delta.processes.is_empty());
-        assert!(delta.gone_sessions.is_empty() && delta.gone_processes.is_empty());
+        let a = full(vec![idle(1, "idle")], vec![rss(1, 10)]);
+        let stored = StoredSample::decode(delta(&a, &a).as_slice()).unwrap();
+        assert!(stored.sessions.is_empty() && stored.processes.is_empty());
+        assert!(stored.session_patches.is_empty() && stored.process_patches.is_empty());
+        assert!(stored.gone_sessions.is_empty() && stored.gone_processes.is_empty());
     }
 
     #[test]
     fn a_keyframe_keeps_every_row_in_order() {
         let mut a = full(
-            vec![
-                session(9, "idle"),
-                session(2, "active"),
-                session(9, "active"),
-            ],
-            vec![process(5, 50), process(1, 10)],
+            vec![idle(9, "idle"), idle(2, "active"), idle(9, "active")],
+            vec![rss(5, 50), rss(1, 10)],
         );
         a.keyframe = false;
         a.seq = 3;
         a.sessions_total = Some(12);
-        let stored = StoredSample::decode(Encoded::of(&a).keyframe(&a).as_slice()).unwrap();
+        let stored = StoredSample::decode(keyframe(&a).as_slice()).unwrap();
         a.keyframe = true;
         assert_eq!(stored, a);
+        assert_eq!(read(&[keyframe(&a)])[0], whole(&a));
     }
 
     #[test]
     fn of_rows_sharing_a_pid_the_last_counts() {
-        let a = full(vec![session(1, "idle"), session(1, "active")], vec![]);
-        let b = full(vec![session(1, "active")], vec![]);
-        let same = delta(&a, &b);
-        assert!(same.sessions.is_empty(), "the last row of pid 1 was active");
-        let mut rows = Rows::of(&a);
-        rows.apply(&delta(&b, &a));
-        assert_eq!(rows, Rows::of(&a));
+        let a = full(vec![idle(1, "idle"), idle(1, "active")], vec![]);
+        let b = full(vec![idle(1, "active")], vec![]);
+        let same = StoredSample::decode(delta(&a, &b).as_slice()).unwrap();
+        assert!(same.sessions.is_empty() && same.session_patches.is_empty());
+        let back = read(&[keyframe(&b), delta(&b, &a)]);
+        assert_eq!(back[1], whole(&a));
+    }
+
+    #[test]
+    fn a_chain_mixing_patches_and_full_rows_rebuilds_every_sample() {
+        let mut rng = Rng(3);
+        let mut backends = Population::default();
+        let (mut patches, mut changed_rows) = (0, 0);
+        for chain in 0..20 {
+            let mut values: Vec<Vec<u8>> = Vec::new();
+            let mut samples: Vec<StoredSample> = Vec::new();
+            for step in 0..30 {
+                let mut sample = backends.step(&mut rng);
+                sample.seq = (chain * 30 + step) as u64;
+                let value = match samples.last() {
+                    None => keyframe(&sample),
+                    Some(before) => delta(before, &sample),
+                };
+                let stored = StoredSample::decode(value.as_slice()).unwrap();
+                patches += stored.session_patches.len() + stored.process_patches.len();
+                changed_rows += stored.sessions.len() + stored.processes.len();
+                values.push(value);
+                samples.push(sample);
+            }
+            let rebuilt = read(&values);
+            for (i, (got, want)) in rebuilt.iter().zip(&samples).enumerate() {
+                assert_eq!(got, &whole(want), "chain {chain}, sample {i}");
+            }
+        }
+        assert!(
+            patches > 1000 && changed_rows > 500,
+            "{patches} {changed_rows}"
+        );
+    }
+
+    #[test]
+    fn a_delta_of_full_rows_only_reads_as_before() {
+        // As deltas were stored before patches: every changed row in full.
+        let a = full(
+            vec![idle(1, "idle"), idle(2, "idle")],
+            vec![rss(1, 10), rss(2, 20)],
+        );
+        let b = StoredSample {
+            sessions: vec![idle(2, "active"), idle(3, "active")],
+            processes: vec![rss(2, 21)],
+            keyframe: false,
+            base_us: Some(100),
+            gone_processes: vec![1],
+            seq: 2,
+            ..Default::default()
+        };
+        let rebuilt = read(&[keyframe(&a), b.encode_to_vec()]);
+        let want = full(
+            vec![idle(1, "idle"), idle(2, "active"), idle(3, "active")],
+            vec![rss(2, 21)],
+        );
+        assert_eq!(rebuilt[1], StoredSample { seq: 2, ..want });
+    }
+
+    #[test]
+    fn a_patch_without_its_row_is_an_error() {
+        let a = full(vec![idle(1, "idle")], vec![]);
+        let b = full(vec![idle(1, "a much longer state than before")], vec![]);
+        let patched = delta(&a, &b);
+        let mut rows = Rows::default();
+        let empty = Stored::parse(keyframe(&full(vec![], vec![])).into()).unwrap();
+        rows.apply(&empty).unwrap();
+        let stored = Stored::parse(patched.clone().into()).unwrap();
+        assert_eq!(rows.apply(&stored), Err(PatchError::NoBase(1)));
+        assert!(Stored::parse(patched[..patched.len() - 1].to_vec().into()).is_err());
     }
 }

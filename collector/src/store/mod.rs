@@ -55,11 +55,15 @@ mod delta;
 mod expire;
 mod keys;
 mod open;
+mod patch;
 mod records;
 mod sled;
 mod split;
+#[cfg(test)]
+mod testing;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
+pub use self::patch::PatchError;
 pub use self::records::{
     BlockerRecord, EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, LongestEnded, Max,
     PeakRollup, Rollup, StoredSample,
@@ -91,6 +95,18 @@ pub enum StoreError {
     /// A delta sample whose base is missing: the store is damaged.
     #[error("sample at {0} of instance {1} refers to a missing base sample")]
     BrokenChain(Micros, InstanceId),
+    /// A delta sample whose changes do not apply to its base: the store is
+    /// damaged.
+    #[error("sample at {at} of instance {instance} is damaged")]
+    CorruptSample {
+        /// The sample's time.
+        at: Micros,
+        /// Its instance.
+        instance: InstanceId,
+        /// Why its changes do not apply.
+        #[source]
+        source: PatchError,
+    },
     /// An instance id without its record: the store is damaged.
     #[error("instance {0} is registered but has no record")]
     MissingInstance(InstanceId),

@@ -49,7 +49,7 @@ pub struct StoredSample {
     #[prost(uint64, optional, tag = "6")]
     pub sessions_total: Option<u64>,
     /// A full sample; otherwise a delta (see [`super::delta`]) whose rows
-    /// are those that changed since the sample at `base_us`.
+    /// and patches are those that changed since the sample at `base_us`.
     #[prost(bool, tag = "7")]
     pub keyframe: bool,
     /// For a delta: the sample it was taken against.
@@ -61,6 +61,13 @@ pub struct StoredSample {
     /// For a delta: pids whose process is gone.
     #[prost(int32, repeated, tag = "10")]
     pub gone_processes: Vec<i32>,
+    /// For a delta: sessions that changed, each as a field patch of its
+    /// row in the base sample (see [`super::patch`]).
+    #[prost(bytes = "vec", repeated, tag = "11")]
+    pub session_patches: Vec<Vec<u8>>,
+    /// For a delta: processes that changed, as field patches.
+    #[prost(bytes = "vec", repeated, tag = "12")]
+    pub process_patches: Vec<Vec<u8>>,
 }
 
 /// A count at its highest, and when it was first reached.

@@ -10,6 +10,7 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
+use super::chain::{corrupt, parse};
 use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
@@ -464,8 +465,7 @@ impl Store for SledStore {
             Some(entry) => {
                 let (k, v) = entry?;
                 let at = keys::time_of_instance_key(&k);
-                let sample = decode("samples", &v)?;
-                Ok(Some((at, self.rebuild(instance, at, sample)?)))
+                Ok(Some((at, self.rebuild(instance, at, parse(v)?)?)))
             }
         }
     }
@@ -484,16 +484,22 @@ impl Store for SledStore {
         for entry in Self::instance_range(&self.samples, instance, from, to) {
             let (k, v) = entry?;
             let at = keys::time_of_instance_key(&k);
-            let mut sample: StoredSample = decode("samples", &v)?;
-            let rows = match running.take() {
-                _ if sample.keyframe => Rows::of(&sample),
-                Some((prev, mut rows)) if sample.base_us == Some(prev) => {
-                    rows.apply(&sample);
+            let stored = parse(v)?;
+            let mut rows = match running.take() {
+                Some((prev, mut rows))
+                    if stored.header.keyframe || stored.header.base_us == Some(prev) =>
+                {
+                    rows.apply(&stored)
+                        .map_err(|source| StoreError::CorruptSample {
+                            at,
+                            instance,
+                            source,
+                        })?;
                     rows
                 }
-                _ => Rows::of(&self.rebuild(instance, at, sample.clone())?),
+                _ => self.chain_rows(instance, at, &stored)?,
             };
-            rows.clone().fill(&mut sample);
+            let sample = rows.fill(stored.header).map_err(corrupt)?;
             running = Some((at, rows));
             out.push((at, sample));
         }
