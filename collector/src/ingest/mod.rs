@@ -27,8 +27,8 @@ use self::episodes::{SessionEpisodes, SESSION_KINDS};
 use self::instance::InstanceEpisodes;
 use self::rollup::Context;
 use crate::store::{
-    Append, EpisodeKind, EpisodeRecord, InstanceId, Resolution, Rollup, Store, StoreError,
-    StoredSample,
+    Append, EpisodeKind, EpisodeRecord, InstanceId, Resolution, Rollup, SharedRollup, Store,
+    StoreError, StoredSample,
 };
 
 /// Instance-level episode kinds (the others are per session).
@@ -56,9 +56,9 @@ struct InstanceState {
     /// Query texts known to be stored, so a sample passes the store only
     /// texts it may not have (bounded: forgotten all at once when full).
     stored_texts: HashSet<u64>,
-    /// The current minute and hour as the last in-order sample left them
-    /// (open in the store).
-    rollups: Vec<(Resolution, Micros, Rollup)>,
+    /// The current minute and hour as the last in-order sample left them,
+    /// shared with the store, which keeps them open.
+    rollups: Shared,
 }
 
 /// How many stored text ids an instance remembers.
@@ -180,7 +180,7 @@ impl Ingestor {
         let last_at = self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1);
         let rollups = match last_at {
             Micros::MIN => Vec::new(),
-            _ => self.current_rollups(id, last_at, &context)?,
+            _ => shared(self.current_rollups(id, last_at, &context)?),
         };
         Ok(InstanceState {
             id,
@@ -312,6 +312,13 @@ impl Ingestor {
             dropped,
         };
         if !self.store.append(&append)? {
+            if in_order {
+                // Not expected (nothing after `last_at` is stored), but the
+                // shared rollups now hold a sample the store does not:
+                // fold them again from what it holds.
+                state.rollups =
+                    shared(self.current_rollups(state.id, state.last_at, &state.context)?);
+            }
             return Ok(Outcome::Duplicate);
         }
         if facts.is_some() {
@@ -342,54 +349,65 @@ impl Ingestor {
     /// order, a sample that starts a new minute closes the cached one
     /// (written now) and writes the hour as it stood: stored hours then
     /// always cover whole stored minutes.
+    ///
+    /// In order, the sample is folded in place into the rollups the store
+    /// keeps open (shared with it), so nothing is copied or encoded per
+    /// sample; a late sample is folded into copies.
     fn fold_rollups(
         &self,
         id: InstanceId,
-        mut cache: Vec<(Resolution, Micros, Rollup)>,
+        mut cache: Shared,
         t: Micros,
         sample: &Rollup,
         in_order: bool,
-    ) -> Result<(Rollups, Rollups), StoreError> {
+    ) -> Result<(Rollups, Shared), StoreError> {
         let minute_start = Resolution::Minute.start_of(t);
         let hour_start = Resolution::Hour.start_of(t);
         let new_minute = cache
             .iter()
             .any(|(r, s, _)| *r == Resolution::Minute && *s != minute_start);
-        let mut current = |res: Resolution, start: Micros| -> Result<Rollup, StoreError> {
+        let mut current = |res: Resolution, start: Micros| -> Result<SharedRollup, StoreError> {
             let cached = cache
                 .iter()
                 .position(|(r, s, _)| *r == res && *s == start)
                 .map(|i| cache.swap_remove(i).2);
             match cached {
                 Some(r) => Ok(r),
-                None => Ok(self.store.rollup(id, res, start)?.unwrap_or_default()),
+                None => Ok(SharedRollup::new(
+                    self.store.rollup(id, res, start)?.unwrap_or_default(),
+                )),
             }
         };
-        let mut minute = current(Resolution::Minute, minute_start)?;
-        rollup::fold_into_minute(&mut minute, sample);
-        let mut hour = current(Resolution::Hour, hour_start)?;
+        let minute = current(Resolution::Minute, minute_start)?;
+        let hour = current(Resolution::Hour, hour_start)?;
+        if !in_order {
+            let (mut minute, mut hour) = (minute.get(), hour.get());
+            fold(&mut minute, &mut hour, sample);
+            let now = vec![
+                (Resolution::Minute, minute_start, minute),
+                (Resolution::Hour, hour_start, hour),
+            ];
+            return Ok((now, Vec::new()));
+        }
         let mut now = Vec::new();
-        if in_order && new_minute && hour.samples > 0 {
-            now.push((Resolution::Hour, hour_start, hour.clone()));
+        {
+            let (mut m, mut h) = (minute.lock(), hour.lock());
+            if new_minute && h.samples > 0 {
+                now.push((Resolution::Hour, hour_start, h.clone()));
+            }
+            fold(&mut m, &mut h, sample);
         }
-        if hour.samples == 0 {
-            // A new hour: its list of longest episodes starts complete.
-            hour.longest_tracked = true;
-        }
-        rollup::merge(&mut hour, sample);
-        hour.max_started_per_minute = hour
-            .max_started_per_minute
-            .max(minute.max_started_per_minute);
-        let folded = vec![
+        // What is left in the cache is a minute or hour this sample left.
+        now.extend(
+            cache
+                .into_iter()
+                .map(|(res, start, r)| (res, start, r.get())),
+        );
+        let open = vec![
             (Resolution::Minute, minute_start, minute),
             (Resolution::Hour, hour_start, hour),
         ];
-        if !in_order {
-            return Ok((folded, Vec::new()));
-        }
-        // What is left in the cache is a minute or hour this sample left.
-        now.extend(cache);
-        Ok((now, folded))
+        Ok((now, open))
     }
 
     /// Notes each closed episode in the rollup of the hour it ended in: the
@@ -405,10 +423,12 @@ impl Ingestor {
         for (kind, e) in closed {
             let span = e.span();
             let start = Resolution::Hour.start_of(span.ended_us);
-            let hour = |r: &(Resolution, Micros, Rollup)| r.0 == Resolution::Hour && r.1 == start;
-            let rollup = if let Some(at) = rollups.open.iter().position(hour) {
-                &mut rollups.open[at].2
-            } else if let Some(at) = rollups.now.iter().position(hour) {
+            let is_hour = |res: Resolution, s: Micros| res == Resolution::Hour && s == start;
+            if let Some((_, _, open)) = rollups.open.iter().find(|r| is_hour(r.0, r.1)) {
+                longest::note_ended(&mut open.lock(), *kind, span);
+                continue;
+            }
+            let rollup = if let Some(at) = rollups.now.iter().position(|r| is_hour(r.0, r.1)) {
                 &mut rollups.now[at].2
             } else {
                 let stored = self.store.rollup(id, Resolution::Hour, start)?;
@@ -428,10 +448,34 @@ impl Ingestor {
 /// Rollups by resolution and start.
 type Rollups = Vec<(Resolution, Micros, Rollup)>;
 
+/// Open rollups by resolution and start.
+type Shared = Vec<(Resolution, Micros, SharedRollup)>;
+
+/// Rollups to share with the store.
+fn shared(rollups: Rollups) -> Shared {
+    rollups
+        .into_iter()
+        .map(|(res, start, r)| (res, start, SharedRollup::new(r)))
+        .collect()
+}
+
+/// Folds a sample's rollup into its minute's and its hour's.
+fn fold(minute: &mut Rollup, hour: &mut Rollup, sample: &Rollup) {
+    rollup::fold_into_minute(minute, sample);
+    if hour.samples == 0 {
+        // A new hour: its list of longest episodes starts complete.
+        hour.longest_tracked = true;
+    }
+    rollup::merge(hour, sample);
+    hour.max_started_per_minute = hour
+        .max_started_per_minute
+        .max(minute.max_started_per_minute);
+}
+
 /// A sample's rollups: those written with it and those it leaves open.
 struct Folded {
     now: Rollups,
-    open: Rollups,
+    open: Shared,
 }
 
 /// The snapshot as a sample to store, its rows moved when it is owned.

@@ -63,6 +63,7 @@ mod split;
 mod testing;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
+pub use self::open::SharedRollup;
 pub use self::patch::PatchError;
 pub use self::records::{
     BlockerRecord, EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, LongestEnded, Max,
@@ -140,9 +141,9 @@ pub struct Append {
     pub rollups: Vec<(Resolution, Micros, Rollup)>,
     /// The rollups of the stretches the sample opens or continues (the
     /// instance's current minute and hour), with it folded in: kept open
-    /// in memory, written when their stretch closes or the store persists
-    /// them (see [`open`]).
-    pub open_rollups: Vec<(Resolution, Micros, Rollup)>,
+    /// in memory, shared with the ingestor, written when their stretch
+    /// closes or the store persists them (see [`open`]).
+    pub open_rollups: Vec<(Resolution, Micros, SharedRollup)>,
     /// Episodes open now, written (or rewritten) in the open set.
     pub opened: Vec<(EpisodeKind, EpisodeRecord)>,
     /// Episodes that ended (removed from the open set).

@@ -2,29 +2,51 @@
 //! instance change with every sample, and rewriting them in sled every
 //! second was most of what the store wrote (an hour rollup is tens of
 //! kilobytes). [`SledStore`](super::SledStore) keeps them here instead,
-//! encoded as they would be stored, and writes one when its stretch
-//! closes (an append opens a later one for the same instance and
-//! resolution, or hands it over to be written now) or when the store
-//! persists what is open ([`Store::persist_open`](super::Store::persist_open),
-//! at shutdown). Reads see these over what sled holds.
+//! shared with the ingestor, which folds each in-order sample into them in
+//! place: nothing is encoded per sample. One is encoded when a read asks
+//! for it and written when its stretch closes (an append opens a later one
+//! for the same instance and resolution, or hands it over to be written
+//! now) or when the store persists what is open
+//! ([`Store::persist_open`](super::Store::persist_open), at shutdown).
+//! Reads see these over what sled holds; a read may see a sample folded
+//! in a moment before the sample itself is committed.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pgtrail_proto::time::Micros;
 
 use super::keys::{InstanceId, Resolution};
+use super::Rollup;
 
-/// One open rollup, split as stored: its head (tree `rollups`) and its
-/// maps (tree `rollup_maps`).
+/// A rollup still being folded, shared by the ingestor and the store.
+#[derive(Debug, Clone, Default)]
+pub struct SharedRollup(Arc<Mutex<Rollup>>);
+
+impl SharedRollup {
+    /// `rollup`, to be shared.
+    pub fn new(rollup: Rollup) -> Self {
+        Self(Arc::new(Mutex::new(rollup)))
+    }
+
+    /// The rollup, for reading or folding into.
+    pub fn lock(&self) -> MutexGuard<'_, Rollup> {
+        self.0.lock().expect("not poisoned")
+    }
+
+    /// A copy of the rollup as it stands.
+    pub fn get(&self) -> Rollup {
+        self.lock().clone()
+    }
+}
+
+/// One open rollup: its stretch's start and the rollup.
 #[derive(Debug, Clone)]
 pub struct OpenRollup {
     /// The stretch's start.
     pub start: Micros,
-    /// What goes to `rollups`.
-    pub head: Vec<u8>,
-    /// What goes to `rollup_maps`.
-    pub maps: Vec<u8>,
+    /// The rollup, shared with the ingestor.
+    pub rollup: SharedRollup,
 }
 
 /// Per instance and resolution, the rollup being written.
@@ -106,8 +128,7 @@ mod tests {
     fn open(start: Micros) -> OpenRollup {
         OpenRollup {
             start,
-            head: vec![1],
-            maps: vec![2],
+            rollup: SharedRollup::default(),
         }
     }
 

@@ -169,8 +169,9 @@ impl SledStore {
         }
         if let Some(o) = open {
             let key = keys::rollup(instance, res, o.start);
+            let (head, maps) = split(&o.rollup.lock());
             let at = out.partition_point(|(start, _)| *start < o.start);
-            out.insert(at, (o.start, read(&key, &o.head, Some(&o.maps))?));
+            out.insert(at, (o.start, read(&key, &head, Some(&maps))?));
         }
         Ok(out)
     }
@@ -183,8 +184,9 @@ impl SledStore {
         let (mut heads, mut maps) = (sled::Batch::default(), sled::Batch::default());
         for (id, res, o) in rollups {
             let key = keys::rollup(id, res, o.start);
-            heads.insert(&key, o.head.as_slice());
-            maps.insert(&key, o.maps.as_slice());
+            let (head, rest) = split(&o.rollup.lock());
+            heads.insert(key.as_slice(), head);
+            maps.insert(key.as_slice(), rest);
         }
         (&self.rollups, &self.rollup_maps)
             .transaction(|(r, m)| {
@@ -199,11 +201,13 @@ impl SledStore {
     }
 }
 
-/// A rollup split as stored.
-fn split(start: Micros, r: &Rollup) -> OpenRollup {
-    let (head, maps) =
-        split_fields(&r.encode_to_vec(), &ROLLUP_MAPS).expect("a message just encoded splits");
-    OpenRollup { start, head, maps }
+/// A rollup split as stored: its head (tree `rollups`) and its maps (tree
+/// `rollup_maps`).
+type Split = (Vec<u8>, Vec<u8>);
+
+/// `r` split as stored.
+fn split(r: &Rollup) -> Split {
+    split_fields(&r.encode_to_vec(), &ROLLUP_MAPS).expect("a message just encoded splits")
 }
 
 impl SledStore {
@@ -326,15 +330,29 @@ impl Store for SledStore {
         let opening: Vec<(Resolution, OpenRollup)> = a
             .open_rollups
             .iter()
-            .map(|(res, start, r)| (*res, split(*start, r)))
+            .map(|(res, start, r)| {
+                let rollup = r.clone();
+                (
+                    *res,
+                    OpenRollup {
+                        start: *start,
+                        rollup,
+                    },
+                )
+            })
             .collect();
         let opening_at: Vec<_> = opening.iter().map(|(res, o)| (*res, o.start)).collect();
         // Written now: the append's own, and the open ones it closes.
-        let rollups: Vec<(Resolution, OpenRollup)> = a
+        let rollups: Vec<(Resolution, Micros, Split)> = a
             .rollups
             .iter()
-            .map(|(res, start, r)| (*res, split(*start, r)))
-            .chain(self.open.closed_by(a.instance, &opening_at, &writing))
+            .map(|(res, start, r)| (*res, *start, split(r)))
+            .chain(
+                self.open
+                    .closed_by(a.instance, &opening_at, &writing)
+                    .into_iter()
+                    .map(|(res, o)| (res, o.start, split(&o.rollup.lock()))),
+            )
             .collect();
         let opened: Vec<_> = a
             .opened
@@ -378,10 +396,10 @@ impl Store for SledStore {
                 if let Some(f) = &facts {
                     facts_t.insert(&sample_key, f.as_slice())?;
                 }
-                for (res, o) in &rollups {
-                    let key = keys::rollup(a.instance, *res, o.start);
-                    rollups_t.insert(&key, o.head.as_slice())?;
-                    maps_t.insert(&key, o.maps.as_slice())?;
+                for (res, start, (head, maps)) in &rollups {
+                    let key = keys::rollup(a.instance, *res, *start);
+                    rollups_t.insert(&key, head.as_slice())?;
+                    maps_t.insert(&key, maps.as_slice())?;
                 }
                 for (key, value) in &opened {
                     open.insert(key, value.as_slice())?;
@@ -419,7 +437,10 @@ impl Store for SledStore {
                 chains.insert(a.instance, (a.sampled_at, rows));
             }
             drop(chains);
-            let written: Vec<_> = rollups.iter().map(|(res, o)| (*res, o.start)).collect();
+            let written: Vec<_> = rollups
+                .iter()
+                .map(|(res, start, _)| (*res, *start))
+                .collect();
             self.open.settle(a.instance, &written, opening);
         }
         Ok(stored)
@@ -514,7 +535,7 @@ impl Store for SledStore {
     ) -> Result<Option<Rollup>, StoreError> {
         let key = keys::rollup(instance, res, start);
         if let Some(o) = self.open.within(instance, res, start, start) {
-            return self.whole_rollup(&key, &o.head, Some(&o.maps)).map(Some);
+            return Ok(Some(o.rollup.get()));
         }
         match self.rollups.get(key)? {
             None => Ok(None),
