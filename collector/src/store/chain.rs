@@ -4,8 +4,8 @@
 //! The format itself is [`super::delta`].
 
 use pgtrail_proto::time::Micros;
-use prost::bytes::Bytes;
 
+use super::compress;
 use super::delta::{Base, Encoded, Rows, Stored};
 use super::keys::{self, InstanceId, Resolution};
 use super::records::StoredSample;
@@ -26,11 +26,17 @@ impl SledStore {
                         == Resolution::Minute.start_of(a.sampled_at) =>
             {
                 let current = current.into_base();
-                (base.delta(*last, &current, &a.sample), current)
+                let delta = base.delta(*last, &current, &a.sample);
+                drop(chains);
+                (compress::pack(delta, compress::DELTA_LEVEL), current)
             }
             _ => {
                 drop(chains);
-                (current.keyframe(&a.sample), current.into_base())
+                let keyframe = current.keyframe(&a.sample);
+                (
+                    compress::pack(keyframe, compress::KEYFRAME_LEVEL),
+                    current.into_base(),
+                )
             }
         }
     }
@@ -113,7 +119,7 @@ impl SledStore {
 
 /// A stored sample as read (see [`Stored`]), its rows slices of `value`.
 pub(super) fn parse(value: sled::IVec) -> Result<Stored, StoreError> {
-    Stored::parse(Bytes::from_owner(value)).map_err(corrupt)
+    Stored::parse(compress::unpack(value)?).map_err(corrupt)
 }
 
 /// A stored sample that does not decode.
@@ -194,9 +200,12 @@ mod tests {
             };
             assert!(store.append(&append).unwrap());
         }
-        let (mut patches, mut rows) = (0, 0);
+        let (mut patches, mut rows, mut packed) = (0, 0, 0);
         for entry in store.samples.iter() {
-            let s = StoredSample::decode(entry.unwrap().1.as_ref()).unwrap();
+            let value = entry.unwrap().1;
+            packed += usize::from(value[0] == 0);
+            let value = compress::unpack(value).unwrap();
+            let s = StoredSample::decode(value).unwrap();
             if !s.keyframe {
                 patches += s.session_patches.len() + s.process_patches.len();
                 rows += s.sessions.len() + s.processes.len();
@@ -206,6 +215,7 @@ mod tests {
             patches > 500 && rows > 100,
             "{patches} patches, {rows} rows"
         );
+        assert!(packed > 0, "no sample was stored compressed");
 
         let all = store.samples(instance, T0, T0 + n * SECOND).unwrap();
         assert_eq!(all.len(), samples.len());

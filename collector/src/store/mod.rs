@@ -51,6 +51,7 @@
 //! - `facts` holds an entry only where the facts changed.
 
 mod chain;
+mod compress;
 mod delta;
 mod expire;
 mod keys;
@@ -108,6 +109,10 @@ pub enum StoreError {
         #[source]
         source: PatchError,
     },
+    /// A compressed stored sample that does not decompress: the store is
+    /// damaged.
+    #[error("a compressed sample is damaged: its {0} does not read")]
+    Unpack(&'static str),
     /// An instance id without its record: the store is damaged.
     #[error("instance {0} is registered but has no record")]
     MissingInstance(InstanceId),
