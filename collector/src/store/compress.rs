@@ -37,6 +37,10 @@ thread_local! {
     /// compressing a delta.
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
         const { RefCell::new(None) };
+    /// A decompression context per thread, for the same reason: reading a
+    /// sample decompresses every link of its chain.
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        const { RefCell::new(None) };
 }
 
 /// `value` as stored: compressed at `level` when that makes it smaller.
@@ -73,7 +77,16 @@ pub fn unpack(value: sled::IVec) -> Result<Bytes, StoreError> {
     let mut rest = &value[1..];
     let len = decode_varint(&mut rest).map_err(|_| StoreError::Unpack("length"))?;
     let len = usize::try_from(len).map_err(|_| StoreError::Unpack("length"))?;
-    let bytes = zstd::bulk::decompress(rest, len).map_err(|_| StoreError::Unpack("frame"))?;
+    let bytes = DECOMPRESSOR
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            let decompressor = match d.as_mut() {
+                Some(decompressor) => decompressor,
+                None => d.insert(zstd::bulk::Decompressor::new().ok()?),
+            };
+            decompressor.decompress(rest, len).ok()
+        })
+        .ok_or(StoreError::Unpack("frame"))?;
     if bytes.len() != len {
         return Err(StoreError::Unpack("length"));
     }
