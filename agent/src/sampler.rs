@@ -103,7 +103,9 @@ impl Sampler {
         Ok(Self {
             instance,
             options,
-            tree: ProcessTree::new(clock).memory_every(options.pss_interval, options.interval),
+            tree: ProcessTree::new(clock)
+                .interval(options.interval)
+                .memory_every(options.pss_interval),
             conn: None,
             seq: 0,
             announced: HashSet::new(),

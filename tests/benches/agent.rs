@@ -22,7 +22,17 @@
 //!   CPU (process tree) per refresh plus its backends', and its RSS.
 //!
 //! Flags: `--quick`, `--backends 100,500,1000`, `--samples 20`,
-//! `--window 3` (seconds per window for the binaries).
+//! `--window 3` (seconds per window for the binaries), `--windows 7`,
+//! `--warmup 0` (seconds the library and the binary each run before they
+//! are measured).
+//!
+//! Without a warm-up the library and the binary are measured in their
+//! first seconds, while the agent is still reading every process's
+//! `smaps_rollup` a first time (up to its budget of about 2 ms a sample; at
+//! 1000 backends that lasts about two and a half minutes). After it, only
+//! the processes that ran or whose PSS is ten cadences old are read again
+//! (about 1 ms a sample at 1000 idle backends): `--warmup 180` measures that
+//! steady state.
 
 mod common;
 
@@ -54,19 +64,41 @@ fn main() -> anyhow::Result<()> {
     let samples: usize = args.get("samples", if args.quick { 5 } else { 20 });
     let window: u64 = args.get("window", 3);
     let windows: usize = args.get("windows", if args.quick { 2 } else { 7 });
+    let warmup: u64 = args.get("warmup", 0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run(levels, samples, window, windows))
+    runtime.block_on(run(
+        levels,
+        Plan {
+            samples,
+            window,
+            windows,
+            warmup,
+        },
+    ))
 }
 
-async fn run(
-    levels: Vec<usize>,
+/// How long each measurement runs.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    /// Samples per figure (library, floors).
     samples: usize,
+    /// Seconds per window, and windows (binaries).
     window: u64,
     windows: usize,
-) -> anyhow::Result<()> {
+    /// Seconds the library and the binary run before they are measured.
+    warmup: u64,
+}
+
+async fn run(levels: Vec<usize>, plan: Plan) -> anyhow::Result<()> {
+    let Plan {
+        samples,
+        window,
+        windows,
+        warmup,
+    } = plan;
     println!("## Agent cost per sample\n");
     println!("machine: {}\n", common::machine());
     let max = levels.iter().copied().max().unwrap_or(100);
@@ -80,8 +112,17 @@ async fn run(
     };
     println!("server: {version}");
     println!(
-        "samples per figure: {samples} (library, floors); binaries: {windows} windows of {window} s\n"
+        "samples per figure: {samples} (library, floors); binaries: {windows} windows of {window} s"
     );
+    if warmup == 0 {
+        println!(
+            "warm-up: none (the agent's first seconds, while smaps_rollup is read a first time)\n"
+        );
+    } else {
+        println!(
+            "warm-up: {warmup} s of sampling before the library and the binary are measured\n"
+        );
+    }
     pg.execute("CREATE TABLE bench_lock (id int PRIMARY KEY); INSERT INTO bench_lock VALUES (1)")
         .await?;
     let control = pg.connect("bench-control").await?;
@@ -91,7 +132,7 @@ async fn run(
         load.grow(&pg, n).await?;
         load.settle(&control, n).await?;
         eprintln!("agent bench: {n} client backends open");
-        let figures = measure_level(&pg, &control, samples, window, windows).await?;
+        let figures = measure_level(&pg, &control, plan).await?;
         results.push((n, figures));
     }
     print_results(&results);
@@ -227,20 +268,20 @@ fn cpu_of(pids: &[i32]) -> u64 {
     pids.iter().filter_map(|&p| process_cpu_ns(p)).sum()
 }
 
-async fn measure_level(
-    pg: &PgServer,
-    control: &Client,
-    samples: usize,
-    window: u64,
-    windows: usize,
-) -> anyhow::Result<Figures> {
+async fn measure_level(pg: &PgServer, control: &Client, plan: Plan) -> anyhow::Result<Figures> {
+    let Plan {
+        samples,
+        window,
+        windows,
+        warmup,
+    } = plan;
     let mut f: Figures = Vec::new();
     let url = pg.url();
 
     // The agent library, sample by sample.
     let lib = {
         let url = format!("{url}?application_name=bench-sampler");
-        std::thread::spawn(move || sampler_costs(&url, samples))
+        std::thread::spawn(move || sampler_costs(&url, samples, warmup))
             .join()
             .map_err(|_| anyhow::anyhow!("the sampler thread panicked"))??
     };
@@ -258,7 +299,7 @@ async fn measure_level(
     let (floor_b, floor_b_pread, processes) = proc_floor(postmaster, samples);
 
     // The agent binary and pg_activity, over time windows.
-    let binary = agent_binary(&url, control, window, windows).await?;
+    let binary = agent_binary(&url, control, window, windows, warmup).await?;
     let peer = pg_activity(pg, control, window, windows).await?;
 
     let agent_total = lib.client + lib.backend;
@@ -387,10 +428,14 @@ fn current_thread() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn sampler_costs(url: &str, samples: usize) -> anyhow::Result<LibCost> {
+fn sampler_costs(url: &str, samples: usize, warmup: u64) -> anyhow::Result<LibCost> {
     current_thread()?.block_on(async {
         let mut sampler = Sampler::new(InstanceConfig::parse(Some("bench"), url)?, 1024)?;
         sampler.sample().await.context("first sample")?;
+        for _ in 0..warmup {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            sampler.sample().await?;
+        }
         let (control, conn) = url
             .parse::<tokio_postgres::Config>()?
             .connect(NoTls)
@@ -511,6 +556,7 @@ async fn agent_binary(
     control: &Client,
     window: u64,
     windows: usize,
+    warmup: u64,
 ) -> anyhow::Result<Windowed> {
     let dir = tempfile::tempdir()?;
     let collector = Collector::open(&dir.path().join("store"))?;
@@ -545,7 +591,7 @@ async fn agent_binary(
             .map(|h| h.iter().map(|i| i.samples).sum())
             .unwrap_or(0)
     };
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::time::sleep(Duration::from_secs(3 + warmup)).await;
     let backend = backend_of(control, "pgtrail-agent").await?;
     let (mut cpu, mut server) = (Vec::new(), Vec::new());
     for _ in 0..windows {

@@ -89,6 +89,12 @@ impl ProcFiles {
         }
     }
 
+    /// Whether `name` is read through a descriptor kept since an earlier
+    /// read (so it is the same process's as then).
+    pub(super) fn is_open(&self, name: Name) -> bool {
+        matches!(self.slots[name as usize], Slot::Open(_))
+    }
+
     /// How many descriptors are held.
     #[cfg(test)]
     pub(super) fn open_count(&self) -> usize {

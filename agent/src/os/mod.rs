@@ -5,6 +5,7 @@
 //! Every field comes back as `Option`: a file the agent may not read (another
 //! user's `io`, a `wchan` that reads "0") is unknown, never 0.
 
+mod children;
 mod files;
 mod kind;
 pub mod memory;

@@ -3,17 +3,32 @@
 //! The tree keeps each process's `/proc` files open (keyed by pid; a
 //! descriptor fails once its process is gone, and a pid whose start time
 //! changed is a new process) and re-reads them with `pread`. Every sample
-//! reads each process's `stat` (state, CPU, RSS, threads, block-IO delay)
-//! and `schedstat` (its main thread's CPU time in nanoseconds, which moves
-//! whenever it runs at all). `status` (context switches) and the five files
-//! of [`read_details`](super::read_details) are read only when the process
-//! may have run since (running or in disk wait, state, CPU ticks or
-//! `schedstat` moved); otherwise the last values are reused, and they are
-//! exact, since a process that did not run did not change them. Without
-//! `schedstat` (a kernel without scheduler statistics) `status` is read
-//! every sample and its context switches decide.
+//! reads each process's `schedstat` (its main thread's CPU time in
+//! nanoseconds, which moves whenever it runs at all). A process that was
+//! asleep (`S`) with a single thread at its last read, and whose
+//! `schedstat` has not moved since, has not run: its row is the last one
+//! again, with 0 % CPU, and none of its other files are read. What such a
+//! process shows is exact, since its state, CPU, threads, context
+//! switches, title, `io`, `wchan` and `syscall` change only when it runs,
+//! with two exceptions: its RSS can shrink as the kernel reclaims its
+//! pages, and it can be woken and wait for a CPU (`R`) without having run
+//! yet. So its `stat` is read anyway once every [`STAT_MAX_AGE`] (spread
+//! over the samples by pid), which bounds how late a reclaimed RSS shows;
+//! a process caught waiting for a CPU that has not run since the last
+//! sample shows `S` until it runs (its first slice, a few milliseconds
+//! later on a host that is not saturated).
 //!
-//! `smaps_rollup` (about 0.4 ms per backend) is read on a slower cadence,
+//! Every other process (the postmaster, one that ran, is running or in disk
+//! wait, stopped, a zombie, or has more threads, whose main thread's
+//! `schedstat` tells nothing of the others) has its `stat` read (state,
+//! CPU, RSS, threads, block-IO delay). `status` (context switches) and the
+//! five files of [`read_details`](super::read_details) are read only when it
+//! may have run since (running or in disk wait, state, CPU ticks or
+//! `schedstat` moved); otherwise the last values are reused. Without
+//! `schedstat` (a kernel without scheduler statistics) `stat` and `status`
+//! are read every sample and the context switches decide.
+//!
+//! `smaps_rollup` (about 0.3 ms per backend) is read on a slower cadence,
 //! spread over the samples so that no one sample pays for every process,
 //! and within a budget of reading time per sample; a process that has not
 //! run and whose RSS has not moved since its last memory read is skipped
@@ -26,9 +41,9 @@ use std::time::{Duration, Instant};
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{from_duration, Micros};
-use procfs::process::Process;
 
-use super::files::ProcFiles;
+use super::children::Children;
+use super::files::{Name, ProcFiles};
 use super::kind::kind_from_title;
 use super::process::{
     details_of, read_memory, runtime_of, stat_of, switches_of, Clock, Details, Stat,
@@ -44,10 +59,14 @@ struct Seen {
     runtime: Option<u64>,
     at: Micros,
     state: char,
+    threads: Option<u32>,
     switches: (Option<u64>, Option<u64>),
     details: Details,
     /// The last PSS/USS read, if any.
     memory: Option<Memory>,
+    /// The row as last built (before the sampler joins kinds from
+    /// sessions), handed out again while the process does not run.
+    row: pb::Process,
 }
 
 /// One read of `smaps_rollup`.
@@ -63,14 +82,36 @@ struct Memory {
     rss: Option<u64>,
 }
 
+impl Memory {
+    /// Sets `p`'s PSS/USS from this read; true when it was refused.
+    fn apply(&self, p: &mut pb::Process) -> bool {
+        match self.value {
+            Some((pss, uss)) => {
+                p.pss_bytes = Some(pss);
+                p.uss_bytes = Some(uss);
+                false
+            }
+            None => {
+                p.pss_bytes = None;
+                p.uss_bytes = None;
+                true
+            }
+        }
+    }
+}
+
 /// A process that has not run and whose RSS has not moved keeps its PSS/USS
 /// for up to this many `pss_interval`s.
 const MEMORY_MAX_AGE: i64 = 10;
 
 /// Wall time one sample may spend reading `smaps_rollup` (at least one
-/// read per sample): about 0.4 ms per PostgreSQL backend, so at a thousand
-/// backends a 30 s cadence alone would cost 13 ms a sample.
+/// read per sample): about 0.3 ms per PostgreSQL backend, so at a thousand
+/// backends a 30 s cadence alone would cost 10 ms a sample.
 const MEMORY_BUDGET: Duration = Duration::from_millis(2);
+
+/// A process that has not run has its `stat` read anyway at least this
+/// often (in samples: this over the interval, at least every sample).
+const STAT_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// One process: its open files and what was read last.
 #[derive(Debug)]
@@ -79,6 +120,27 @@ struct Entry {
     seen: Option<Seen>,
     /// The sample that last listed it.
     pass: u64,
+}
+
+impl Entry {
+    fn new(pid: i32) -> Self {
+        Self {
+            files: ProcFiles::kept(pid),
+            seen: None,
+            pass: 0,
+        }
+    }
+}
+
+/// How one process was read this sample.
+#[derive(Debug)]
+struct Read {
+    /// `stat`, or `None` when the process had not run and its last row
+    /// stands.
+    stat: Option<Stat>,
+    runtime: Option<u64>,
+    /// The last memory read, from before this sample.
+    memory: Option<Memory>,
 }
 
 /// What one pass could not read.
@@ -100,36 +162,59 @@ pub struct ProcessTree {
     pass: u64,
     /// One buffer for every read.
     buf: Vec<u8>,
-    /// How often each process's memory is read, and the sample interval.
-    memory_every: Option<(Micros, Micros)>,
+    /// The postmaster's children, and the list they are read into.
+    children: Children,
+    kids: Vec<i32>,
+    /// The sample interval.
+    interval: Micros,
+    /// A process that has not run has its `stat` read every this many
+    /// samples.
+    stat_every: u64,
+    /// How often each process's memory is read.
+    memory_every: Option<Micros>,
     /// Reading time allowed for `smaps_rollup` per sample.
     memory_budget: Duration,
     visibility: Visibility,
     /// Detail reads skipped since the tree was made (the process had not
     /// run).
     details_reused: u64,
+    /// `stat` reads skipped since the tree was made (the process had not
+    /// run).
+    stats_reused: u64,
 }
 
 impl ProcessTree {
-    /// A tree reader for this host; it reads no PSS/USS until
-    /// [`ProcessTree::memory_every`] says how often.
+    /// A tree reader for this host, for samples taken every second; it
+    /// reads no PSS/USS until [`ProcessTree::memory_every`] says how often.
     pub fn new(clock: Clock) -> Self {
         Self {
             clock,
             entries: HashMap::new(),
             pass: 0,
             buf: vec![0; 4096],
+            children: Children::default(),
+            kids: Vec::new(),
+            interval: 0,
+            stat_every: 1,
             memory_every: None,
             memory_budget: MEMORY_BUDGET,
             visibility: Visibility::default(),
             details_reused: 0,
+            stats_reused: 0,
         }
+        .interval(crate::config::DEFAULT_INTERVAL)
     }
 
-    /// Reads each process's PSS/USS about every `every`, for samples taken
-    /// every `interval`.
-    pub fn memory_every(mut self, every: Duration, interval: Duration) -> Self {
-        self.memory_every = Some((from_duration(every).max(1), from_duration(interval).max(1)));
+    /// For samples taken every `interval`.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = from_duration(interval).max(1);
+        self.stat_every = (from_duration(STAT_MAX_AGE) / self.interval).max(1) as u64;
+        self
+    }
+
+    /// Reads each process's PSS/USS about every `every`.
+    pub fn memory_every(mut self, every: Duration) -> Self {
+        self.memory_every = Some(from_duration(every).max(1));
         self
     }
 
@@ -148,32 +233,63 @@ impl ProcessTree {
         self.details_reused
     }
 
+    /// How many `stat` reads were skipped because the process had not run.
+    pub fn stats_reused(&self) -> u64 {
+        self.stats_reused
+    }
+
     /// Reads the postmaster `postmaster` and every process whose parent it
     /// is. Returns `None` when the postmaster is gone.
     pub fn sample(&mut self, postmaster: i32, now: Micros) -> Option<Vec<pb::Process>> {
         self.pass += 1;
-        let kids = children(postmaster);
+        let threads = self
+            .entries
+            .get(&postmaster)
+            .and_then(|e| e.seen.as_ref())
+            .and_then(|s| s.threads);
+        let mut kids = std::mem::take(&mut self.kids);
+        self.children.list(postmaster, threads, &mut kids);
         let mut processes = Vec::with_capacity(kids.len() + 1);
-        let mut read = Vec::with_capacity(kids.len() + 1);
-        for pid in std::iter::once(postmaster).chain(kids) {
-            let entry = self.entries.entry(pid).or_insert_with(|| Entry {
-                files: ProcFiles::kept(pid),
-                seen: None,
-                pass: 0,
-            });
+        let mut reads = Vec::with_capacity(kids.len() + 1);
+        for &pid in std::iter::once(&postmaster).chain(&kids) {
+            let entry = self.entries.entry(pid).or_insert_with(|| Entry::new(pid));
+            // A sleeper that has not run since its last read: its last row
+            // stands, unless its turn for a `stat` read came.
+            let due = pid == postmaster || (self.pass + pid as u64).is_multiple_of(self.stat_every);
+            let mut runtime = None;
+            if let Some(seen) = entry
+                .seen
+                .as_ref()
+                .filter(|s| !due && s.state == 'S' && s.threads == Some(1) && s.runtime.is_some())
+            {
+                // Only through a descriptor kept since: it cannot be another
+                // process's under the same pid.
+                if entry.files.is_open(Name::Schedstat) {
+                    let now_runtime = runtime_of(&mut entry.files, &mut self.buf);
+                    if now_runtime == seen.runtime {
+                        entry.pass = self.pass;
+                        processes.push(seen.row.clone());
+                        reads.push(Read {
+                            stat: None,
+                            runtime: seen.runtime,
+                            memory: seen.memory,
+                        });
+                        continue;
+                    }
+                    runtime = Some(now_runtime);
+                }
+            }
             let mut stat = stat_of(&mut entry.files, &mut self.buf);
             if stat.is_none() && entry.seen.is_some() {
                 // The files were another process's, now gone: try afresh.
-                *entry = Entry {
-                    files: ProcFiles::kept(pid),
-                    seen: None,
-                    pass: 0,
-                };
+                *entry = Entry::new(pid);
+                runtime = None;
                 stat = stat_of(&mut entry.files, &mut self.buf);
             }
             let Some(stat) = stat else {
                 self.entries.remove(&pid);
                 if pid == postmaster {
+                    self.kids = kids;
                     return None;
                 }
                 continue; // exited while we looked
@@ -187,95 +303,81 @@ impl ProcessTree {
                 entry.seen = None; // a new process under the same pid
             }
             entry.pass = self.pass;
-            let runtime = runtime_of(&mut entry.files, &mut self.buf);
+            let runtime = runtime.unwrap_or_else(|| runtime_of(&mut entry.files, &mut self.buf));
             let mut p = stat.to_process(pid, &self.clock);
             if pid == postmaster {
                 p.kind = pb::ProcessKind::Postmaster as i32;
             }
             processes.push(p);
-            read.push((stat, runtime));
+            reads.push(Read {
+                stat: Some(stat),
+                runtime,
+                memory: entry.seen.as_ref().and_then(|s| s.memory),
+            });
         }
+        self.kids = kids;
         self.entries.retain(|_, e| e.pass == self.pass);
 
-        let fresh = self.read_memory_due(&processes, &read, now);
+        let fresh = self.read_memory_due(&processes, &reads, now);
         let mut visibility = Visibility {
             processes: processes.len(),
             restricted: 0,
         };
-        for (p, (stat, runtime)) in processes.iter_mut().zip(read) {
+        for (p, read) in processes.iter_mut().zip(reads) {
             let entry = self.entries.get_mut(&p.pid).expect("listed above");
-            let cpu = p.utime_us.unwrap_or(0) + p.stime_us.unwrap_or(0);
-            let before = entry.seen.take();
-            if let Some(s) = &before {
-                if now > s.at {
-                    let pct = cpu.saturating_sub(s.cpu) as f64 * 100.0 / (now - s.at) as f64;
-                    p.cpu_pct = Some(pct as f32);
-                }
-            }
-            let mut memory = before.as_ref().and_then(|s| s.memory);
-            if let Ok(i) = fresh.binary_search_by_key(&p.pid, |(pid, _)| *pid) {
-                memory = Some(Memory {
+            let memory = match fresh.binary_search_by_key(&p.pid, |(pid, _)| *pid) {
+                Ok(i) => Some(Memory {
                     value: fresh[i].1,
                     at: now,
-                    runtime,
+                    runtime: read.runtime,
                     rss: p.rss_bytes,
-                });
-            }
-            // Not running, same state, same CPU ticks: it has not run since
-            // if its main thread's nanoseconds (or, without them, its
-            // context switches) did not move either.
-            let still = before.as_ref().is_some_and(|s| {
-                !matches!(stat.state, 'R' | 'D') && s.state == stat.state && s.cpu == cpu
-            });
-            let (switches, details) = match before {
-                Some(s) if still && runtime.is_some() && s.runtime == runtime => {
+                }),
+                Err(_) => read.memory,
+            };
+            let restricted = match read.stat {
+                None => {
+                    let seen = entry.seen.as_mut().expect("read before");
+                    self.stats_reused += 1;
                     self.details_reused += 1;
-                    (s.switches, s.details)
-                }
-                before => {
-                    let switches = switches_of(&mut entry.files, &mut self.buf);
-                    match before {
-                        Some(s)
-                            if still
-                                && runtime.is_none()
-                                && switches.0.is_some()
-                                && switches == s.switches =>
-                        {
-                            self.details_reused += 1;
-                            (switches, s.details)
-                        }
-                        _ => (switches, details_of(&mut entry.files, &mut self.buf)),
+                    p.cpu_pct = (now > seen.at).then_some(0.0);
+                    let mut restricted = seen.details.restricted;
+                    if let Some(m) = memory.filter(|m| m.at == now) {
+                        m.apply(p);
+                        m.apply(&mut seen.row);
                     }
+                    restricted |= memory.is_some_and(|m| m.value.is_none());
+                    seen.at = now;
+                    seen.memory = memory;
+                    restricted
+                }
+                Some(stat) => {
+                    let before = entry.seen.take();
+                    let done = complete(
+                        &mut entry.files,
+                        &mut self.buf,
+                        p,
+                        &stat,
+                        read.runtime,
+                        now,
+                        before,
+                    );
+                    self.details_reused += u64::from(done.reused);
+                    let mut restricted = done.seen.details.restricted;
+                    if let Some(m) = &memory {
+                        restricted |= m.apply(p);
+                    }
+                    entry.seen = Some(Seen {
+                        runtime: read.runtime,
+                        memory,
+                        row: p.clone(),
+                        ..done.seen
+                    });
+                    restricted
                 }
             };
-            (p.voluntary_ctxt_switches, p.nonvoluntary_ctxt_switches) = switches;
-            details.apply(p);
-            if p.kind != pb::ProcessKind::Postmaster as i32 {
-                p.kind = kind_from_title(&p.title) as i32;
-            }
-            let mut restricted = details.restricted;
-            if let Some(Memory { value, .. }) = memory {
-                match value {
-                    Some((pss, uss)) => {
-                        p.pss_bytes = Some(pss);
-                        p.uss_bytes = Some(uss);
-                    }
-                    None => restricted = true,
-                }
-            }
             if restricted {
                 visibility.restricted += 1;
             }
-            entry.seen = Some(Seen {
-                start: p.start_time_us,
-                cpu,
-                runtime,
-                at: now,
-                state: stat.state,
-                switches,
-                details,
-                memory,
-            });
         }
         self.visibility = visibility;
         Some(processes)
@@ -290,28 +392,24 @@ impl ProcessTree {
     fn read_memory_due(
         &self,
         processes: &[pb::Process],
-        read: &[(Stat, Option<u64>)],
+        reads: &[Read],
         now: Micros,
     ) -> Vec<(i32, Option<(u64, u64)>)> {
-        let Some((every, interval)) = self.memory_every else {
+        let Some(every) = self.memory_every else {
             return Vec::new();
         };
+        let interval = self.interval;
         let stale = every - interval / 2;
         let mut due: Vec<(u8, Micros, i32)> = processes
             .iter()
-            .zip(read)
-            .filter_map(|(p, (_, runtime))| {
-                let last = self
-                    .entries
-                    .get(&p.pid)
-                    .and_then(|e| e.seen.as_ref())
-                    .filter(|s| s.start == p.start_time_us)
-                    .and_then(|s| s.memory);
-                let Some(m) = last else {
+            .zip(reads)
+            .filter_map(|(p, read)| {
+                let Some(m) = read.memory else {
                     return Some((0, Micros::MIN, p.pid));
                 };
                 let age = now - m.at;
-                let moved = runtime.is_none() || m.runtime != *runtime || m.rss != p.rss_bytes;
+                let moved =
+                    read.runtime.is_none() || m.runtime != read.runtime || m.rss != p.rss_bytes;
                 if age >= stale && moved {
                     Some((1, m.at, p.pid))
                 } else if age >= MEMORY_MAX_AGE * every - interval / 2 {
@@ -341,35 +439,83 @@ impl ProcessTree {
         self.entries.values().map(|e| e.files.open_count()).sum()
     }
 }
-/// The children of `parent`: from `/proc/PID/task/*/children` when the
-/// kernel has it (CONFIG_PROC_CHILDREN), else by scanning every process's
-/// parent.
-fn children(parent: i32) -> Vec<i32> {
-    let listed = Process::new(parent).and_then(|p| {
-        let mut pids = Vec::new();
-        for task in p.tasks()? {
-            pids.extend(task?.children()?);
-        }
-        Ok(pids)
-    });
-    match listed {
-        Ok(pids) => pids
-            .into_iter()
-            .filter_map(|p| i32::try_from(p).ok())
-            .collect(),
-        Err(_) => scan_children(parent),
-    }
+
+/// What [`complete`] gives.
+struct Completed {
+    /// What to remember of the process (its runtime, memory and row are
+    /// the caller's to fill in).
+    seen: Seen,
+    /// Whether the details were reused rather than read.
+    reused: bool,
 }
 
-fn scan_children(parent: i32) -> Vec<i32> {
-    let Ok(all) = procfs::process::all_processes() else {
-        return Vec::new();
+/// Completes the row `p` of a process whose `stat` was read (and whose
+/// `schedstat` reads `p`'s runtime): its CPU % since `before`, context
+/// switches and details (read again only if it may have run since), and
+/// kind.
+fn complete(
+    files: &mut ProcFiles,
+    buf: &mut Vec<u8>,
+    p: &mut pb::Process,
+    stat: &Stat,
+    runtime: Option<u64>,
+    now: Micros,
+    before: Option<Seen>,
+) -> Completed {
+    let cpu = p.utime_us.unwrap_or(0) + p.stime_us.unwrap_or(0);
+    if let Some(s) = &before {
+        if now > s.at {
+            let pct = cpu.saturating_sub(s.cpu) as f64 * 100.0 / (now - s.at) as f64;
+            p.cpu_pct = Some(pct as f32);
+        }
+    }
+    // Not running, same state, same CPU ticks: it has not run since if its
+    // main thread's nanoseconds (or, without them, its context switches)
+    // did not move either.
+    let still = before
+        .as_ref()
+        .is_some_and(|s| !matches!(stat.state, 'R' | 'D') && s.state == stat.state && s.cpu == cpu);
+    let mut reused = true;
+    let (switches, details) = match before {
+        Some(s) if still && runtime.is_some() && s.runtime == runtime => (s.switches, s.details),
+        before => {
+            let switches = switches_of(files, buf);
+            match before {
+                Some(s)
+                    if still
+                        && runtime.is_none()
+                        && switches.0.is_some()
+                        && switches == s.switches =>
+                {
+                    (switches, s.details)
+                }
+                _ => {
+                    reused = false;
+                    (switches, details_of(files, buf))
+                }
+            }
+        }
     };
-    all.filter_map(Result::ok)
-        .filter_map(|p| p.stat().ok())
-        .filter(|s| s.ppid == parent)
-        .map(|s| s.pid)
-        .collect()
+    (p.voluntary_ctxt_switches, p.nonvoluntary_ctxt_switches) = switches;
+    details.apply(p);
+    if p.kind != pb::ProcessKind::Postmaster as i32 {
+        p.kind = kind_from_title(&p.title) as i32;
+    }
+    Completed {
+        seen: Seen {
+            start: p.start_time_us,
+            cpu,
+            runtime,
+            at: now,
+            state: stat.state,
+            threads: p.threads,
+            switches,
+            details,
+            memory: None,
+            row: pb::Process::default(),
+        },
+        reused,
+    }
 }
 
 #[cfg(test)]
@@ -408,7 +554,9 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(100));
         let me = std::process::id() as i32;
         let second = std::time::Duration::from_secs(1);
-        let mut tree = ProcessTree::new(Clock::read().unwrap()).memory_every(2 * second, second);
+        let mut tree = ProcessTree::new(Clock::read().unwrap())
+            .interval(second)
+            .memory_every(2 * second);
         tree.memory_budget = std::time::Duration::from_secs(60);
         let now = pgtrail_proto::time::now();
         let find = |ps: Vec<pb::Process>| ps.into_iter().find(|p| p.pid == child.id() as i32);
@@ -449,7 +597,9 @@ mod tests {
         let me = std::process::id() as i32;
         let second = std::time::Duration::from_secs(1);
         // Every process is due every sample, as far as the share goes.
-        let mut tree = ProcessTree::new(Clock::read().unwrap()).memory_every(second, second);
+        let mut tree = ProcessTree::new(Clock::read().unwrap())
+            .interval(second)
+            .memory_every(second);
         tree.memory_budget = std::time::Duration::from_secs(60);
         let t = pgtrail_proto::time::now();
         let read_at = |tree: &ProcessTree| {
@@ -491,14 +641,138 @@ mod tests {
             tree.open_files()
         );
     }
+    /// `sh` running `script` with its children, standing in for a
+    /// postmaster: the tree then holds only the shell and its children.
+    struct Shell {
+        sh: std::process::Child,
+        kids: Vec<i32>,
+    }
+
+    impl Shell {
+        fn start(script: &str, kids: usize) -> Self {
+            let sh = Command::new("sh").args(["-c", script]).spawn().unwrap();
+            let pid = sh.id() as i32;
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut found = Vec::new();
+            while found.len() < kids && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                found = super::super::children::scan_children(pid);
+            }
+            assert_eq!(found.len(), kids, "the shell's children started");
+            // Let them exec and settle.
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            Self { sh, kids: found }
+        }
+
+        fn pid(&self) -> i32 {
+            self.sh.id() as i32
+        }
+
+        fn signal(&self, pid: i32, signal: &str) {
+            let ok = Command::new("kill")
+                .args([signal, &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+    }
+
+    impl Drop for Shell {
+        fn drop(&mut self) {
+            for &kid in &self.kids {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &kid.to_string()])
+                    .status();
+            }
+            let _ = self.sh.kill();
+            let _ = self.sh.wait();
+        }
+    }
+
+    fn row(processes: &[pb::Process], pid: i32) -> pb::Process {
+        processes
+            .iter()
+            .find(|p| p.pid == pid)
+            .cloned()
+            .expect("listed")
+    }
 
     #[test]
-    fn scanning_agrees_with_the_children_file() {
-        let mut child = Command::new("sleep").arg("30").spawn().unwrap();
-        let me = std::process::id() as i32;
-        let scanned = scan_children(me);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        assert!(scanned.contains(&(child.id() as i32)));
+    fn a_sleeper_keeps_its_row_without_stat_until_its_turn() {
+        let shell = Shell::start("sleep 30 & wait", 1);
+        let kid = shell.kids[0];
+        let second = std::time::Duration::from_secs(1);
+        let mut tree = ProcessTree::new(Clock::read().unwrap()).interval(second);
+        assert_eq!(tree.stat_every, 5, "STAT_MAX_AGE over the interval");
+        let t = pgtrail_proto::time::now();
+        let first = row(&tree.sample(shell.pid(), t).unwrap(), kid);
+        assert_eq!(tree.stats_reused(), 0, "everything is read the first time");
+        let mut due = 0;
+        for i in 1..=10 {
+            let pass = tree.pass + 1;
+            due += u64::from((pass + kid as u64).is_multiple_of(5));
+            let now = t + i * 1_000_000;
+            let later = row(&tree.sample(shell.pid(), now).unwrap(), kid);
+            assert_eq!(later.cpu_pct, Some(0.0));
+            assert_eq!(
+                pb::Process {
+                    cpu_pct: first.cpu_pct,
+                    ..later
+                },
+                first
+            );
+            assert_eq!(tree.entries[&kid].seen.as_ref().unwrap().at, now);
+        }
+        // Two of ten samples read its stat (its turn), the rest did not;
+        // the shell, standing in for the postmaster, is read every time.
+        assert_eq!(due, 2);
+        assert_eq!(tree.stats_reused(), 10 - due);
+        assert_eq!(tree.details_reused(), 10 + 10, "neither ran");
+    }
+
+    #[test]
+    fn a_process_that_runs_is_read_every_sample() {
+        let shell = Shell::start("while :; do :; done & wait", 1);
+        let kid = shell.kids[0];
+        let mut tree = ProcessTree::new(Clock::read().unwrap());
+        tree.stat_every = u64::MAX; // never for its turn
+        let t = pgtrail_proto::time::now();
+        let mut last = row(&tree.sample(shell.pid(), t).unwrap(), kid);
+        for i in 1..=3 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            let p = row(&tree.sample(shell.pid(), t + i * 100_000).unwrap(), kid);
+            let cpu = |p: &pb::Process| p.utime_us.unwrap() + p.stime_us.unwrap();
+            assert!(cpu(&p) >= cpu(&last), "{p:?}");
+            assert!(p.cpu_pct.is_some());
+            last = p;
+        }
+        assert_eq!(tree.stats_reused(), 0);
+    }
+
+    #[test]
+    fn stopping_and_continuing_a_sleeper_shows() {
+        let shell = Shell::start("sleep 30 & wait", 1);
+        let kid = shell.kids[0];
+        let mut tree = ProcessTree::new(Clock::read().unwrap());
+        tree.stat_every = u64::MAX; // never for its turn
+        let t = pgtrail_proto::time::now();
+        let state = |tree: &mut ProcessTree, i: i64| {
+            let processes = tree.sample(shell.pid(), t + i * 1_000_000).unwrap();
+            row(&processes, kid).state
+        };
+        assert_eq!(state(&mut tree, 0), "S");
+        assert_eq!(state(&mut tree, 1), "S");
+        assert_eq!(tree.stats_reused(), 1);
+        // Stopping takes the process itself to run: its schedstat moves.
+        shell.signal(kid, "-STOP");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(state(&mut tree, 2), "T");
+        // A stopped process is read every sample, so it is seen continue.
+        shell.signal(kid, "-CONT");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(state(&mut tree, 3), "S");
+        assert_eq!(tree.stats_reused(), 1);
+        assert_eq!(state(&mut tree, 4), "S");
+        assert_eq!(tree.stats_reused(), 2);
     }
 }
