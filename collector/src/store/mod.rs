@@ -16,8 +16,9 @@
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
 //! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`] without its maps |
 //! | `rollup_maps`   | as `rollups`                          | the rollup's maps (`maxima`, `waits`, `wait_queries`) |
-//! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] |
+//! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] without what the key holds ([`closed`]) |
 //! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
+//! | `identities`    | id u32                                | user, database, application, client, backend type ([`identities`]) |
 //! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
 //!
 //! # Invariants
@@ -28,6 +29,8 @@
 //!   counters are written in one transaction: all or none.
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
+//! - Every identity id a closed episode holds has its record in
+//!   `identities` (written with its first reference, never removed).
 //! - An episode is in `open_episodes` or in `episodes`, never both.
 //! - A rollup is its `rollups` value followed by its `rollup_maps` value,
 //!   decoded as one message; both are written in the same transaction and
@@ -51,9 +54,11 @@
 //! - `facts` holds an entry only where the facts changed.
 
 mod chain;
+mod closed;
 mod compress;
 mod delta;
 mod expire;
+mod identities;
 mod keys;
 mod open;
 mod patch;
@@ -113,6 +118,13 @@ pub enum StoreError {
     /// damaged.
     #[error("a compressed sample is damaged: its {0} does not read")]
     Unpack(&'static str),
+    /// A closed episode refers to an identity that is not stored: the
+    /// store is damaged.
+    #[error("a stored episode refers to identity {0}, which is not stored")]
+    MissingIdentity(u32),
+    /// A key of the wrong shape: the store is damaged.
+    #[error("a key in tree {0} is damaged")]
+    DamagedKey(&'static str),
     /// An instance id without its record: the store is damaged.
     #[error("instance {0} is registered but has no record")]
     MissingInstance(InstanceId),

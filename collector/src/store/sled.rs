@@ -11,8 +11,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use super::chain::{corrupt, parse};
+use super::closed::{self, decode_closed};
 use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
+use super::identities::{self, Identities};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::open::{OpenRollup, OpenRollups};
 use super::records::{
@@ -42,9 +44,10 @@ pub struct SledStore {
     facts: Tree,
     rollups: Tree,
     rollup_maps: Tree,
-    episodes: Tree,
+    pub(super) episodes: Tree,
     open_episodes: Tree,
     queries: Tree,
+    pub(super) identities: Tree,
     meta: Tree,
     /// id → key in `instances`, so appends find the record to count in.
     instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
@@ -53,6 +56,8 @@ pub struct SledStore {
     pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Base)>>,
     /// The rollups still being written.
     open: OpenRollups,
+    /// The identities closed episodes refer to.
+    pub(super) known_identities: Identities,
 }
 
 impl SledStore {
@@ -63,6 +68,8 @@ impl SledStore {
             .cache_capacity(CACHE_BYTES)
             .open()?;
         let tree = |name: &str| db.open_tree(name);
+        let identities = tree("identities")?;
+        let known_identities = Identities::load(&identities)?;
         let store = Self {
             instances: tree("instances")?,
             samples: tree("samples")?,
@@ -72,11 +79,13 @@ impl SledStore {
             episodes: tree("episodes")?,
             open_episodes: tree("open_episodes")?,
             queries: tree("queries")?,
+            identities,
             meta: tree("meta")?,
             db,
             instance_keys: RwLock::new(HashMap::new()),
             chains: std::sync::Mutex::new(HashMap::new()),
             open: OpenRollups::default(),
+            known_identities,
         };
         match store.meta.get("format")? {
             None => {
@@ -362,13 +371,15 @@ impl Store for SledStore {
                 (key, e.encode_to_vec())
             })
             .collect();
+        let mut new_identities = Vec::new();
         let closed: Vec<_> = a
             .closed
             .iter()
             .map(|(kind, e)| {
                 let open = keys::open_episode(*kind, a.instance, e.pid, e.started_us);
                 let key = keys::closed_episode(*kind, a.instance, e.end(), e.pid, e.started_us);
-                (open, key, e.encode_to_vec())
+                let value = closed::encode(e, &self.known_identities, &mut new_identities);
+                (open, key, value)
             })
             .collect();
         let trees = (
@@ -380,9 +391,10 @@ impl Store for SledStore {
             &self.open_episodes,
             &self.queries,
             &self.instances,
+            &self.identities,
         );
         let result = trees.transaction(
-            |(samples, facts_t, rollups_t, maps_t, episodes, open, queries, instances)| {
+            |(samples, facts_t, rollups_t, maps_t, episodes, open, queries, instances, idents)| {
                 if samples.get(sample_key)?.is_some() {
                     return Ok(false);
                 }
@@ -403,6 +415,9 @@ impl Store for SledStore {
                 }
                 for (key, value) in &opened {
                     open.insert(key, value.as_slice())?;
+                }
+                for (id, identity) in &new_identities {
+                    idents.insert(&identities::key(*id), identity.as_slice())?;
                 }
                 for (open_key, key, value) in &closed {
                     open.remove(open_key)?;
@@ -429,6 +444,7 @@ impl Store for SledStore {
             TransactionError::Storage(e) => StoreError::Sled(e),
         })?;
         if stored {
+            self.known_identities.settle(&new_identities);
             let mut chains = self.chains.lock().expect("not poisoned");
             let newer = chains
                 .get(&a.instance)
@@ -598,8 +614,8 @@ impl Store for SledStore {
         filter: &EpisodeFilter,
     ) -> Result<Vec<EpisodeRecord>, StoreError> {
         let mut out = Vec::new();
-        self.scan_closed(kind, instance, filter, |_, value| {
-            out.push(decode("episodes", value)?);
+        self.scan_closed(kind, instance, filter, |span, value| {
+            out.push(decode_closed(&span, value, &self.known_identities)?);
             Ok(())
         })?;
         Ok(out)
@@ -628,7 +644,7 @@ impl Store for SledStore {
         let key = keys::closed_episode(kind, instance, span.ended_us, span.pid, span.started_us);
         self.episodes
             .get(key)?
-            .map(|v| decode("episodes", &v))
+            .map(|v| decode_closed(span, &v, &self.known_identities))
             .transpose()
     }
 
