@@ -129,35 +129,26 @@ impl SledStore {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
     }
 
-    /// A rollup from its head (in `rollups`, under `key`) and its maps:
-    /// `maps` when given (an open rollup's), else what `rollup_maps` holds.
-    fn whole_rollup(
-        &self,
-        key: &[u8],
-        head: &[u8],
-        maps: Option<&[u8]>,
-    ) -> Result<Rollup, StoreError> {
+    /// A stored rollup from its head (in `rollups`, under `key`) and its
+    /// maps (in `rollup_maps`).
+    fn whole_rollup(&self, key: &[u8], head: &[u8]) -> Result<Rollup, StoreError> {
         let mut bytes = head.to_vec();
-        match maps {
-            Some(maps) => bytes.extend_from_slice(maps),
-            None => {
-                if let Some(maps) = self.rollup_maps.get(key)? {
-                    bytes.extend_from_slice(&maps);
-                }
-            }
+        if let Some(maps) = self.rollup_maps.get(key)? {
+            bytes.extend_from_slice(&maps);
         }
         decode("rollups", &bytes)
     }
 
-    /// Rollups starting in `[from, to]`, each made from its key, its head
-    /// and, for an open one, its maps by `read`; an open rollup is read
-    /// instead of the stored one of the same stretch.
+    /// Rollups starting in `[from, to]`: a stored one made from its key
+    /// and head by `read`, an open one from the rollup itself by
+    /// `read_open` (read instead of the stored one of the same stretch).
     fn rollup_range<T>(
         &self,
         instance: InstanceId,
         res: Resolution,
         (from, to): (Micros, Micros),
-        read: impl Fn(&[u8], &[u8], Option<&[u8]>) -> Result<T, StoreError>,
+        read: impl Fn(&[u8], &[u8]) -> Result<T, StoreError>,
+        read_open: impl Fn(&mut Rollup) -> Result<T, StoreError>,
     ) -> Result<Vec<(Micros, T)>, StoreError> {
         if from > to {
             return Ok(Vec::new());
@@ -173,14 +164,12 @@ impl SledStore {
             let (k, head) = e?;
             let start = keys::time_of_rollup_key(&k);
             if open.as_ref().is_none_or(|o| o.start != start) {
-                out.push((start, read(&k, &head, None)?));
+                out.push((start, read(&k, &head)?));
             }
         }
         if let Some(o) = open {
-            let key = keys::rollup(instance, res, o.start);
-            let (head, maps) = split(&o.rollup.lock());
             let at = out.partition_point(|(start, _)| *start < o.start);
-            out.insert(at, (o.start, read(&key, &head, Some(&maps))?));
+            out.insert(at, (o.start, read_open(&mut o.rollup.lock())?));
         }
         Ok(out)
     }
@@ -217,6 +206,20 @@ type Split = (Vec<u8>, Vec<u8>);
 /// `r` split as stored.
 fn split(r: &Rollup) -> Split {
     split_fields(&r.encode_to_vec(), &ROLLUP_MAPS).expect("a message just encoded splits")
+}
+
+/// The head of `r` as stored, without encoding its maps (an open hour's
+/// can be tens of kilobytes, and `peaks` and `leaks` read only heads):
+/// the maps (the fields of [`ROLLUP_MAPS`]) are set aside meanwhile.
+fn head(r: &mut Rollup) -> Vec<u8> {
+    let maxima = std::mem::take(&mut r.maxima);
+    let waits = std::mem::take(&mut r.waits);
+    let wait_queries = std::mem::take(&mut r.wait_queries);
+    let head = r.encode_to_vec();
+    r.maxima = maxima;
+    r.waits = waits;
+    r.wait_queries = wait_queries;
+    head
 }
 
 impl SledStore {
@@ -555,7 +558,7 @@ impl Store for SledStore {
         }
         match self.rollups.get(key)? {
             None => Ok(None),
-            Some(head) => self.whole_rollup(&key, &head, None).map(Some),
+            Some(head) => self.whole_rollup(&key, &head).map(Some),
         }
     }
 
@@ -566,9 +569,13 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, Rollup)>, StoreError> {
-        self.rollup_range(instance, res, (from, to), |k, head, maps| {
-            self.whole_rollup(k, head, maps)
-        })
+        self.rollup_range(
+            instance,
+            res,
+            (from, to),
+            |k, head| self.whole_rollup(k, head),
+            |open| Ok(open.clone()),
+        )
     }
 
     fn peak_rollups(
@@ -578,9 +585,13 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, PeakRollup)>, StoreError> {
-        self.rollup_range(instance, res, (from, to), |_, head, _| {
-            decode("rollups", head)
-        })
+        self.rollup_range(
+            instance,
+            res,
+            (from, to),
+            |_, head| decode("rollups", head),
+            |open| decode("rollups", &head(open)),
+        )
     }
 
     fn episode_rollups(
@@ -589,9 +600,13 @@ impl Store for SledStore {
         from: Micros,
         to: Micros,
     ) -> Result<Vec<(Micros, EpisodeRollup)>, StoreError> {
-        self.rollup_range(instance, Resolution::Hour, (from, to), |_, head, _| {
-            decode("rollups", head)
-        })
+        self.rollup_range(
+            instance,
+            Resolution::Hour,
+            (from, to),
+            |_, head| decode("rollups", head),
+            |open| decode("rollups", &head(open)),
+        )
     }
 
     fn facts_at(
@@ -719,5 +734,29 @@ impl Store for SledStore {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Max;
+
+    #[test]
+    fn an_open_rollups_head_is_what_splitting_it_stores() {
+        let mut r = Rollup {
+            samples: 3,
+            max_total: 7,
+            lifetimes: vec![1, 2, 3],
+            ..Default::default()
+        };
+        r.by_state_at_max.insert("idle".into(), 4);
+        r.maxima
+            .insert("user\tapp".into(), Max { value: 2, at_us: 9 });
+        r.waits.insert("CPU".into(), 11);
+        r.wait_queries.insert("CPU\t0".into(), 12);
+        let before = r.clone();
+        assert_eq!(head(&mut r), split(&r).0);
+        assert_eq!(r, before, "the maps are put back");
     }
 }
