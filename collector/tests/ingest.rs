@@ -20,7 +20,7 @@ struct Server {
 
 impl Server {
     async fn start(dir: &std::path::Path) -> Server {
-        let collector = Collector::open(dir).unwrap();
+        let collector = reopen(dir);
         let listener = Collector::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -257,4 +257,17 @@ async fn the_server_stops_while_an_agent_is_connected() {
         .expect("the server stopped with an agent connected");
     assert!(matches!(replies.message().await, Ok(None) | Err(_)));
     drop(tx);
+}
+
+/// Opens the collector on `dir`, waiting for a previous one in this
+/// process to let go of it (sled's background threads release the store's
+/// lock a moment after it is dropped).
+fn reopen(dir: &std::path::Path) -> Collector {
+    for _ in 0..200 {
+        match Collector::open(dir) {
+            Ok(collector) => return collector,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
+        }
+    }
+    Collector::open(dir).unwrap()
 }

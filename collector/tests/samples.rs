@@ -146,14 +146,14 @@ async fn owned_snapshots_in_any_row_order_come_back_whole_across_a_restart() {
         s
     };
     for (from, to) in [(0, 40), (40, 75)] {
-        let collector = Collector::open(dir.path()).unwrap();
+        let collector = reopen(dir.path());
         let ingestor = collector.ingestor();
         for i in from..to {
             ingestor.append_owned("db", reversed(i)).await.unwrap();
         }
         ingestor.flush().await.unwrap();
     }
-    let collector = Collector::open(dir.path()).unwrap();
+    let collector = reopen(dir.path());
     let store = collector.store();
     let id = store.instances().unwrap()[0].id;
     assert_eq!(store.instances().unwrap()[0].samples, 75);
@@ -163,4 +163,17 @@ async fn owned_snapshots_in_any_row_order_come_back_whole_across_a_restart() {
         assert_eq!(by_pid(stored_rows(&got)), rows(&sample(i)), "sample {i}");
         assert_eq!(got.seq, i as u64 + 1);
     }
+}
+
+/// Opens the collector on `dir`, waiting for a previous one in this
+/// process to let go of it (sled's background threads release the store's
+/// lock a moment after it is dropped).
+fn reopen(dir: &std::path::Path) -> Collector {
+    for _ in 0..200 {
+        match Collector::open(dir) {
+            Ok(collector) => return collector,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
+        }
+    }
+    Collector::open(dir).unwrap()
 }
