@@ -137,17 +137,11 @@ mod tests {
     use prost::Message;
 
     use super::*;
-    use crate::store::testing::{Population, Rng};
+    use crate::store::testing::{temp_store, Population, Rng};
     use crate::store::{PatchError, Store};
 
     /// A whole minute.
     const T0: Micros = 1_790_000_040 * SECOND;
-
-    fn open() -> (tempfile::TempDir, SledStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        (dir, store)
-    }
 
     /// `s` as it reads back: a keyframe, its rows sorted by pid.
     fn whole(s: &StoredSample) -> StoredSample {
@@ -179,7 +173,7 @@ mod tests {
 
     #[test]
     fn samples_appended_with_patches_read_back_whole() {
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let instance = store.instance_id("host", "5432").unwrap();
         let mut rng = Rng(11);
         let mut backends = Population::default();
@@ -241,7 +235,7 @@ mod tests {
     #[test]
     fn deltas_of_full_rows_only_read_as_before() {
         // Stored as before patches existed: each changed row in full.
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let key = |i: i64| keys::instance_time(1, T0 + i * SECOND);
         let keyframe = StoredSample {
             sessions: vec![session(1, "idle"), session(2, "idle")],
@@ -296,7 +290,7 @@ mod tests {
 
     #[test]
     fn a_patch_that_does_not_apply_is_an_error() {
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let keyframe = StoredSample {
             sessions: vec![session(1, "idle")],
             keyframe: true,

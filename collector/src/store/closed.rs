@@ -231,16 +231,10 @@ mod tests {
 
     use super::*;
     use crate::store::keys::{self, EpisodeKind};
-    use crate::store::testing::Rng;
+    use crate::store::testing::{temp_store, Rng};
     use crate::store::{Append, EpisodeFilter, SledStore, Store};
 
     const T0: Micros = 1_790_000_040 * SECOND;
-
-    fn open() -> (tempfile::TempDir, SledStore) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SledStore::open(dir.path()).unwrap();
-        (dir, store)
-    }
 
     /// A closed episode with every field set or not, at random, and
     /// times anywhere (negative, huge, far apart).
@@ -329,7 +323,7 @@ mod tests {
 
     #[test]
     fn every_field_set_or_not_round_trips_through_key_and_value() {
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let ids = &store.known_identities;
         let mut rng = Rng(11);
         for _ in 0..2_000 {
@@ -345,7 +339,7 @@ mod tests {
 
     #[test]
     fn a_closed_idle_spell_takes_a_fraction_of_its_protobuf() {
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let e = idle_spell(4242, "app", T0);
         let value = encode(&e, &store.known_identities, &mut Vec::new());
         let full = e.encode_to_vec().len();
@@ -383,7 +377,7 @@ mod tests {
 
     #[test]
     fn values_written_as_whole_protobuf_still_read() {
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let instance = store.instance_id("db", "5432").unwrap();
         let mut rng = Rng(9);
         let mut old = random_record(&mut rng);
@@ -441,7 +435,7 @@ mod tests {
 
     #[test]
     fn retention_keeps_the_identities_of_the_episodes_it_keeps() {
-        let (_dir, store) = open();
+        let (_dir, store) = temp_store();
         let instance = store.instance_id("db", "5432").unwrap();
         let day = 86_400 * SECOND;
         let old = idle_spell(1, "app", T0 - 100 * day);

@@ -20,13 +20,8 @@ use super::open::{OpenRollup, OpenRollups};
 use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
-use super::split::split_fields;
+use super::split::{head, split, Split};
 use super::{Append, EpisodeFilter, Store, StoreError};
-
-/// The fields of a [`Rollup`] kept in `rollup_maps` rather than
-/// `rollups`: the per-dimension maxima and the wait-event counts, most of
-/// a rollup's bytes and read by few questions.
-const ROLLUP_MAPS: [u32; 3] = [5, 13, 14];
 
 /// The layout version this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -197,29 +192,6 @@ impl SledStore {
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })
     }
-}
-
-/// A rollup split as stored: its head (tree `rollups`) and its maps (tree
-/// `rollup_maps`).
-type Split = (Vec<u8>, Vec<u8>);
-
-/// `r` split as stored.
-fn split(r: &Rollup) -> Split {
-    split_fields(&r.encode_to_vec(), &ROLLUP_MAPS).expect("a message just encoded splits")
-}
-
-/// The head of `r` as stored, without encoding its maps (an open hour's
-/// can be tens of kilobytes, and `peaks` and `leaks` read only heads):
-/// the maps (the fields of [`ROLLUP_MAPS`]) are set aside meanwhile.
-fn head(r: &mut Rollup) -> Vec<u8> {
-    let maxima = std::mem::take(&mut r.maxima);
-    let waits = std::mem::take(&mut r.waits);
-    let wait_queries = std::mem::take(&mut r.wait_queries);
-    let head = r.encode_to_vec();
-    r.maxima = maxima;
-    r.waits = waits;
-    r.wait_queries = wait_queries;
-    head
 }
 
 impl SledStore {
@@ -734,29 +706,5 @@ impl Store for SledStore {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::Max;
-
-    #[test]
-    fn an_open_rollups_head_is_what_splitting_it_stores() {
-        let mut r = Rollup {
-            samples: 3,
-            max_total: 7,
-            lifetimes: vec![1, 2, 3],
-            ..Default::default()
-        };
-        r.by_state_at_max.insert("idle".into(), 4);
-        r.maxima
-            .insert("user\tapp".into(), Max { value: 2, at_us: 9 });
-        r.waits.insert("CPU".into(), 11);
-        r.wait_queries.insert("CPU\t0".into(), 12);
-        let before = r.clone();
-        assert_eq!(head(&mut r), split(&r).0);
-        assert_eq!(r, before, "the maps are put back");
     }
 }

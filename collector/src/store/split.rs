@@ -2,10 +2,41 @@
 //! most questions read can be stored apart from the bulky ones. Protobuf
 //! decodes the concatenation of two encodings as one message (maps and
 //! repeated fields join, scalars appear once), so the halves rejoin by
-//! concatenation.
+//! concatenation. A [`Rollup`] is stored so: its head in tree `rollups`,
+//! its maps in `rollup_maps`.
 
 use prost::encoding::{decode_key, skip_field, DecodeContext};
-use prost::DecodeError;
+use prost::{DecodeError, Message};
+
+use super::records::Rollup;
+
+/// The fields of a [`Rollup`] kept in `rollup_maps` rather than
+/// `rollups`: the per-dimension maxima and the wait-event counts, most of
+/// a rollup's bytes and read by few questions.
+const ROLLUP_MAPS: [u32; 3] = [5, 13, 14];
+
+/// A rollup split as stored: its head (tree `rollups`) and its maps (tree
+/// `rollup_maps`).
+pub type Split = (Vec<u8>, Vec<u8>);
+
+/// `r` split as stored.
+pub fn split(r: &Rollup) -> Split {
+    split_fields(&r.encode_to_vec(), &ROLLUP_MAPS).expect("a message just encoded splits")
+}
+
+/// The head of `r` as stored, without encoding its maps (an open hour's
+/// can be tens of kilobytes, and `peaks` and `leaks` read only heads):
+/// the maps (the fields of [`ROLLUP_MAPS`]) are set aside meanwhile.
+pub fn head(r: &mut Rollup) -> Vec<u8> {
+    let maxima = std::mem::take(&mut r.maxima);
+    let waits = std::mem::take(&mut r.waits);
+    let wait_queries = std::mem::take(&mut r.wait_queries);
+    let head = r.encode_to_vec();
+    r.maxima = maxima;
+    r.waits = waits;
+    r.wait_queries = wait_queries;
+    head
+}
 
 /// `bytes` (an encoded message) as the fields whose tag is not in `apart`,
 /// and the fields whose tag is, each in its original order.
@@ -29,13 +60,11 @@ pub fn split_fields(bytes: &[u8], apart: &[u32]) -> Result<(Vec<u8>, Vec<u8>), D
 
 #[cfg(test)]
 mod tests {
-    use prost::Message;
-
     use super::*;
-    use crate::store::{Max, PeakRollup, Rollup};
+    use crate::store::{Max, PeakRollup};
 
-    #[test]
-    fn the_halves_rejoin_into_the_message() {
+    /// A rollup with a head and every map.
+    fn rollup() -> Rollup {
         let mut r = Rollup {
             samples: 3,
             max_total: 7,
@@ -48,8 +77,14 @@ mod tests {
             .insert("user\tapp".into(), Max { value: 2, at_us: 9 });
         r.waits.insert("CPU".into(), 11);
         r.wait_queries.insert("CPU\t0".into(), 12);
+        r
+    }
+
+    #[test]
+    fn the_halves_rejoin_into_the_message() {
+        let r = rollup();
         let bytes = r.encode_to_vec();
-        let (head, maps) = split_fields(&bytes, &[5, 13, 14]).unwrap();
+        let (head, maps) = split_fields(&bytes, &ROLLUP_MAPS).unwrap();
         let mut joined = head.clone();
         joined.extend_from_slice(&maps);
         assert_eq!(Rollup::decode(joined.as_slice()).unwrap(), r);
@@ -61,5 +96,13 @@ mod tests {
             PeakRollup::from(r)
         );
         assert!(split_fields(&bytes[..bytes.len() - 1], &[5]).is_err());
+    }
+
+    #[test]
+    fn a_head_read_alone_is_the_stored_head() {
+        let mut r = rollup();
+        let before = r.clone();
+        assert_eq!(head(&mut r), split(&r).0);
+        assert_eq!(r, before, "the maps are put back");
     }
 }

@@ -175,3 +175,10 @@ impl Population {
         }
     }
 }
+
+/// A store in a directory of its own, removed when the guard drops.
+pub fn temp_store() -> (tempfile::TempDir, super::SledStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = super::SledStore::open(dir.path()).unwrap();
+    (dir, store)
+}
