@@ -30,6 +30,11 @@
 
 mod common;
 
+/// The collector's load and questions run in this process: allocate as the
+/// `pgtrail-collector` binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::Instant;
 
 use common::sim::{Rng, Sim};

@@ -21,6 +21,11 @@
 
 mod common;
 
+/// The collector's load and questions run in this process: allocate as the
+/// `pgtrail-collector` binary does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
