@@ -125,6 +125,39 @@ async fn sessions_questions() {
     );
     assert!(sleep[0]["wait_events"]["Timeout:PgSleep"].as_u64().unwrap() >= 5);
 
+    // --limit: the longest of them, and a note on stderr that more matched.
+    let every = rec.run(&[
+        "--format", "json", "slow", "--since", "5m", "--min", "1s", "--limit", "0",
+    ]);
+    assert!(every.status.success());
+    assert!(
+        every.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&every.stderr)
+    );
+    let every: serde_json::Value = serde_json::from_slice(&every.stdout).unwrap();
+    let every = rows(&every);
+    assert!(
+        every.len() >= 3,
+        "the two lock waits and the sleep: {every:#?}"
+    );
+    let longest = every
+        .iter()
+        .map(|e| e["duration_s"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    let one = rec.run(&[
+        "--format", "json", "slow", "--since", "5m", "--min", "1s", "--limit", "1",
+    ]);
+    assert!(one.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&one.stderr).trim(),
+        "note: the 1 longest episodes; more matched (--limit 0 shows all)"
+    );
+    let one: serde_json::Value = serde_json::from_slice(&one.stdout).unwrap();
+    let one = rows(&one);
+    assert_eq!(one.len(), 1, "{one:#?}");
+    assert_eq!(one[0]["duration_s"].as_f64().unwrap(), longest);
+
     // idle: the connection that did nothing.
     let idle_rows = rec.json(&["idle", "--since", "5m", "--min", "5s"]);
     let idle_rows = rows(&idle_rows);

@@ -67,6 +67,7 @@ mod sled;
 mod split;
 #[cfg(test)]
 mod testing;
+mod texts;
 
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
 pub use self::open::SharedRollup;

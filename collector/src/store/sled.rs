@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
@@ -21,6 +21,7 @@ use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
 use super::split::{head, split, Split};
+use super::texts::TextCache;
 use super::{Append, EpisodeFilter, Store, StoreError};
 
 /// The layout version this build writes and reads.
@@ -53,6 +54,8 @@ pub struct SledStore {
     open: OpenRollups,
     /// The identities closed episodes refer to.
     pub(super) known_identities: Identities,
+    /// Query texts written or read lately.
+    texts: TextCache,
 }
 
 impl SledStore {
@@ -81,6 +84,7 @@ impl SledStore {
             chains: std::sync::Mutex::new(HashMap::new()),
             open: OpenRollups::default(),
             known_identities,
+            texts: TextCache::default(),
         };
         match store.meta.get("format")? {
             None => {
@@ -420,6 +424,7 @@ impl Store for SledStore {
         })?;
         if stored {
             self.known_identities.settle(&new_identities);
+            self.texts.put(a.texts.iter().map(|(id, text)| (*id, text)));
             let mut chains = self.chains.lock().expect("not poisoned");
             let newer = chains
                 .get(&a.instance)
@@ -696,15 +701,51 @@ impl Store for SledStore {
         &self,
         ids: &mut dyn Iterator<Item = u64>,
     ) -> Result<HashMap<u64, String>, StoreError> {
-        let mut out = HashMap::new();
-        for id in ids {
-            if out.contains_key(&id) {
-                continue;
-            }
+        let (mut out, missing) = self.texts.get(ids);
+        let mut read = Vec::new();
+        for id in missing {
             if let Some(text) = self.queries.get(id.to_be_bytes())? {
-                out.insert(id, String::from_utf8_lossy(&text).into_owned());
+                read.push((id, Arc::<str>::from(String::from_utf8_lossy(&text))));
             }
         }
+        self.texts.put(read.iter().map(|(id, text)| (*id, text)));
+        out.extend(read.into_iter().map(|(id, text)| (id, text.to_string())));
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::testing::temp_store;
+    use super::*;
+
+    #[test]
+    fn texts_written_with_a_sample_read_back_from_memory_and_from_sled() {
+        let (_dir, mut store) = temp_store();
+        let instance = store.instance_id("host", "5432").unwrap();
+        let (one, two): (Arc<str>, Arc<str>) = ("SELECT 1".into(), "SELECT 2".into());
+        let append = Append {
+            instance,
+            sampled_at: 1_000_000,
+            texts: vec![(1, one), (2, two)],
+            ..Default::default()
+        };
+        assert!(store.append(&append).unwrap());
+        let ask = |store: &SledStore| {
+            let mut texts: Vec<_> = store
+                .query_texts(&mut [2, 3, 1, 2].into_iter())
+                .unwrap()
+                .into_iter()
+                .collect();
+            texts.sort();
+            texts
+        };
+        let expected = vec![(1, "SELECT 1".to_string()), (2, "SELECT 2".to_string())];
+        assert_eq!(ask(&store), expected, "from memory");
+        store.texts = TextCache::default();
+        assert_eq!(ask(&store), expected, "from sled");
+        assert_eq!(ask(&store), expected, "from memory again");
     }
 }
