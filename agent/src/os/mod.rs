@@ -11,6 +11,7 @@ mod kind;
 pub mod memory;
 mod privilege;
 mod process;
+mod smaps;
 mod syscalls;
 mod tree;
 

@@ -28,16 +28,10 @@
 //! `schedstat` (a kernel without scheduler statistics) `stat` and `status`
 //! are read every sample and the context switches decide.
 //!
-//! `smaps_rollup` (about 0.3 ms per backend) is read on a slower cadence,
-//! spread over the samples so that no one sample pays for every process,
-//! and within a budget of reading time per sample; a process that has not
-//! run and whose RSS has not moved since its last memory read is skipped
-//! (its USS cannot have changed; its PSS moves only as other processes map
-//! or unmap pages it shares) for up to ten cadences. Between two memory
-//! reads a process carries the last PSS/USS read.
+//! `smaps_rollup` is read on a slower cadence of its own ([`smaps`](super::smaps)).
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{from_duration, Micros};
@@ -45,9 +39,8 @@ use pgtrail_proto::time::{from_duration, Micros};
 use super::children::Children;
 use super::files::{Name, ProcFiles};
 use super::kind::kind_from_title;
-use super::process::{
-    details_of, read_memory, runtime_of, stat_of, switches_of, Clock, Details, Stat,
-};
+use super::process::{details_of, runtime_of, stat_of, switches_of, Clock, Details, Stat};
+use super::smaps::{Memory, MemoryCadence};
 
 /// What the tree remembers of one process between samples.
 #[derive(Debug, Clone)]
@@ -68,46 +61,6 @@ struct Seen {
     /// sessions), handed out again while the process does not run.
     row: pb::Process,
 }
-
-/// One read of `smaps_rollup`.
-#[derive(Debug, Clone, Copy)]
-struct Memory {
-    /// PSS and USS; `None` when refused.
-    value: Option<(u64, u64)>,
-    /// When it was read.
-    at: Micros,
-    /// The process's `schedstat` runtime and RSS when it was read: while
-    /// neither moves, its private memory has not changed.
-    runtime: Option<u64>,
-    rss: Option<u64>,
-}
-
-impl Memory {
-    /// Sets `p`'s PSS/USS from this read; true when it was refused.
-    fn apply(&self, p: &mut pb::Process) -> bool {
-        match self.value {
-            Some((pss, uss)) => {
-                p.pss_bytes = Some(pss);
-                p.uss_bytes = Some(uss);
-                false
-            }
-            None => {
-                p.pss_bytes = None;
-                p.uss_bytes = None;
-                true
-            }
-        }
-    }
-}
-
-/// A process that has not run and whose RSS has not moved keeps its PSS/USS
-/// for up to this many `pss_interval`s.
-const MEMORY_MAX_AGE: i64 = 10;
-
-/// Wall time one sample may spend reading `smaps_rollup` (at least one
-/// read per sample): about 0.3 ms per PostgreSQL backend, so at a thousand
-/// backends a 30 s cadence alone would cost 10 ms a sample.
-const MEMORY_BUDGET: Duration = Duration::from_millis(2);
 
 /// A process that has not run has its `stat` read anyway at least this
 /// often (in samples: this over the interval, at least every sample).
@@ -170,10 +123,8 @@ pub struct ProcessTree {
     /// A process that has not run has its `stat` read every this many
     /// samples.
     stat_every: u64,
-    /// How often each process's memory is read.
-    memory_every: Option<Micros>,
-    /// Reading time allowed for `smaps_rollup` per sample.
-    memory_budget: Duration,
+    /// When each process's memory is read.
+    memory: MemoryCadence,
     visibility: Visibility,
     /// Detail reads skipped since the tree was made (the process had not
     /// run).
@@ -196,8 +147,7 @@ impl ProcessTree {
             kids: Vec::new(),
             interval: 0,
             stat_every: 1,
-            memory_every: None,
-            memory_budget: MEMORY_BUDGET,
+            memory: MemoryCadence::default(),
             visibility: Visibility::default(),
             details_reused: 0,
             stats_reused: 0,
@@ -214,7 +164,7 @@ impl ProcessTree {
 
     /// Reads each process's PSS/USS about every `every`.
     pub fn memory_every(mut self, every: Duration) -> Self {
-        self.memory_every = Some(from_duration(every).max(1));
+        self.memory.every = Some(from_duration(every).max(1));
         self
     }
 
@@ -318,7 +268,8 @@ impl ProcessTree {
         self.kids = kids;
         self.entries.retain(|_, e| e.pass == self.pass);
 
-        let fresh = self.read_memory_due(&processes, &reads, now);
+        let last = reads.iter().map(|r| (r.memory, r.runtime));
+        let fresh = self.memory.read_due(self.interval, &processes, last, now);
         let mut visibility = Visibility {
             processes: processes.len(),
             restricted: 0,
@@ -381,56 +332,6 @@ impl ProcessTree {
         }
         self.visibility = visibility;
         Some(processes)
-    }
-
-    /// Reads the PSS/USS of the processes due, and returns them by pid
-    /// (sorted). Due are, in this order: those never read; those read
-    /// longer than the cadence ago that ran or whose RSS moved since; those
-    /// read longer than [`MEMORY_MAX_AGE`] cadences ago. At most the share of
-    /// the tree that keeps the cost even across samples, and at most
-    /// [`MEMORY_BUDGET`] of reading.
-    fn read_memory_due(
-        &self,
-        processes: &[pb::Process],
-        reads: &[Read],
-        now: Micros,
-    ) -> Vec<(i32, Option<(u64, u64)>)> {
-        let Some(every) = self.memory_every else {
-            return Vec::new();
-        };
-        let interval = self.interval;
-        let stale = every - interval / 2;
-        let mut due: Vec<(u8, Micros, i32)> = processes
-            .iter()
-            .zip(reads)
-            .filter_map(|(p, read)| {
-                let Some(m) = read.memory else {
-                    return Some((0, Micros::MIN, p.pid));
-                };
-                let age = now - m.at;
-                let moved =
-                    read.runtime.is_none() || m.runtime != read.runtime || m.rss != p.rss_bytes;
-                if age >= stale && moved {
-                    Some((1, m.at, p.pid))
-                } else if age >= MEMORY_MAX_AGE * every - interval / 2 {
-                    Some((2, m.at, p.pid))
-                } else {
-                    None
-                }
-            })
-            .collect();
-        due.sort_unstable();
-        let share = ((processes.len() as i64 * interval + every - 1) / every).max(1) as usize;
-        let started = Instant::now();
-        let mut fresh = Vec::new();
-        for (_, _, pid) in due.into_iter().take(share) {
-            if !fresh.is_empty() && started.elapsed() >= self.memory_budget {
-                break;
-            }
-            fresh.push((pid, read_memory(pid).ok()));
-        }
-        fresh.sort_unstable_by_key(|(pid, _)| *pid);
-        fresh
     }
 
     /// How many descriptors the tree holds open.
@@ -520,6 +421,7 @@ fn complete(
 
 #[cfg(test)]
 mod tests {
+    use super::super::smaps::MEMORY_MAX_AGE;
     use super::*;
     use std::process::Command;
 
@@ -557,7 +459,7 @@ mod tests {
         let mut tree = ProcessTree::new(Clock::read().unwrap())
             .interval(second)
             .memory_every(2 * second);
-        tree.memory_budget = std::time::Duration::from_secs(60);
+        tree.memory.budget = std::time::Duration::from_secs(60);
         let now = pgtrail_proto::time::now();
         let find = |ps: Vec<pb::Process>| ps.into_iter().find(|p| p.pid == child.id() as i32);
         let first = find(tree.sample(me, now).unwrap()).expect("child listed");
@@ -600,7 +502,7 @@ mod tests {
         let mut tree = ProcessTree::new(Clock::read().unwrap())
             .interval(second)
             .memory_every(second);
-        tree.memory_budget = std::time::Duration::from_secs(60);
+        tree.memory.budget = std::time::Duration::from_secs(60);
         let t = pgtrail_proto::time::now();
         let read_at = |tree: &ProcessTree| {
             let seen = tree.entries[&pid].seen.as_ref().unwrap();
