@@ -8,6 +8,11 @@ use clap::Parser;
 use pgtrail_cli::args::Command;
 use pgtrail_cli::Cli;
 
+/// `pgtrail record` runs a collector in this process: allocate as
+/// `pgtrail-collector` does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if matches!(cli.command, Command::Record(_)) {
