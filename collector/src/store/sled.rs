@@ -424,7 +424,9 @@ impl Store for SledStore {
         })?;
         if stored {
             self.known_identities.settle(&new_identities);
-            self.texts.put(a.texts.iter().map(|(id, text)| (*id, text)));
+            if !a.texts.is_empty() {
+                self.texts.put(a.texts.iter().map(|(id, text)| (*id, text)));
+            }
             let mut chains = self.chains.lock().expect("not poisoned");
             let newer = chains
                 .get(&a.instance)
@@ -708,7 +710,9 @@ impl Store for SledStore {
                 read.push((id, Arc::<str>::from(String::from_utf8_lossy(&text))));
             }
         }
-        self.texts.put(read.iter().map(|(id, text)| (*id, text)));
+        if !read.is_empty() {
+            self.texts.put(read.iter().map(|(id, text)| (*id, text)));
+        }
         out.extend(read.into_iter().map(|(id, text)| (id, text.to_string())));
         Ok(out)
     }
