@@ -12,12 +12,20 @@
 //! Baselines in the same run, on the same snapshots: the bytes the agent
 //! sends (prost, texts once per stream), and the bytes of only the rows
 //! that changed since the previous sample (a row-level delta, full rows).
+//! Floors, from the stored records themselves: the samples' values
+//! compressed together a minute at a time (zstd 9) and ten minutes at a
+//! time (zstd 19) instead of each on its own, the closed episodes a
+//! thousand at a time; the same records written again into a fresh sled
+//! store; and what sled's amplification on this run would make of the
+//! smallest of those logical sizes.
 //!
 //! A full day is 86,400 samples; `--hours` simulates a shorter stretch
 //! (default 24; `--quick` 0.25) and the report extrapolates linearly to a
 //! day when it is shorter, saying so.
 //!
-//! Flags: `--quick`, `--hours 24`, `--sessions 200`, `--flush-every 1`.
+//! Flags: `--quick`, `--hours 24`, `--sessions 200`, `--flush-every 1`,
+//! `--keep DIR` (write the store into DIR, which must not exist, and leave
+//! it there to be looked at).
 
 mod common;
 
@@ -44,19 +52,25 @@ fn main() -> anyhow::Result<()> {
     let hours: f64 = args.get("hours", if args.quick { 0.25 } else { 24.0 });
     let sessions: usize = args.get("sessions", 200);
     let flush_every: u64 = args.get("flush-every", 1).max(1);
+    let keep: String = args.get("keep", String::new());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run(hours, sessions, flush_every))
+    runtime.block_on(run(hours, sessions, flush_every, keep))
 }
 
-async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()> {
+async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> anyhow::Result<()> {
     println!("## Storage\n");
     println!("machine: {}\n", common::machine());
     let samples = (hours * 3600.0).round() as u64;
     let dir = tempfile::tempdir()?;
-    let store_dir = dir.path().join("store");
+    let store_dir = if keep.is_empty() {
+        dir.path().join("store")
+    } else {
+        anyhow::ensure!(!Path::new(&keep).exists(), "--keep {keep}: already exists");
+        keep.into()
+    };
     let collector = Collector::open(&store_dir)?;
     let ingestor = collector.ingestor();
     let start = pgtrail_proto::time::now() - samples as i64 * SECOND;
@@ -94,6 +108,8 @@ async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()
     drop(collector);
     let allocated = allocated_bytes(&store_dir);
     let trees = tree_bytes(&store_dir)?;
+    let compacted = compacted_bytes(&store_dir, &dir.path().join("compacted"))?;
+    let blocks = Blocks::of(&store_dir)?;
 
     let session_samples = (samples * sessions as u64) as f64;
     let per = |bytes: u64| bytes as f64 / session_samples;
@@ -127,6 +143,37 @@ async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()
         format!("{:.1}", per(logical)),
     ]);
     rows.push(vec![
+        "baseline: the same records rewritten into a fresh sled store".into(),
+        format!("{:.1} MiB", common::mib(compacted)),
+        format!("{:.1}", per(compacted)),
+    ]);
+    for (what, bytes) in [
+        ("samples a minute at a time, zstd 9", blocks.minutes),
+        ("samples ten minutes at a time, zstd 19", blocks.ten_minutes),
+        (
+            "closed episodes (keys and values) a thousand at a time, zstd 9",
+            blocks.episodes,
+        ),
+    ] {
+        rows.push(vec![
+            format!("floor: {what}"),
+            format!("{:.1} MiB", common::mib(bytes)),
+            format!("{:.2}", per(bytes)),
+        ]);
+    }
+    // Everything else as it is stored, samples and episodes at their
+    // smallest, in sled at this run's amplification.
+    let amplification = size_on_disk as f64 / logical as f64;
+    let smallest = logical - blocks.samples_logical - blocks.episodes_logical
+        + blocks.ten_minutes
+        + blocks.episodes;
+    let floor = smallest as f64 * amplification;
+    rows.push(vec![
+        format!("floor: those in sled at this run's amplification ({amplification:.2}×)"),
+        format!("{:.1} MiB", floor / (1u64 << 20) as f64),
+        format!("{:.1}", floor / session_samples),
+    ]);
+    rows.push(vec![
         "baseline: agent's wire bytes".into(),
         format!("{:.1} MiB", common::mib(wire)),
         format!("{:.1}", per(wire)),
@@ -146,12 +193,13 @@ async fn run(hours: f64, sessions: usize, flush_every: u64) -> anyhow::Result<()
         String::new()
     };
     println!(
-        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B, logical {:.1} B per session-sample",
+        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B, logical {:.1} B per session-sample; floor in sled {:.1} B",
         per(size_on_disk),
         per(size_on_disk) / 10.0,
         per(wire),
         per(delta),
         per(logical),
+        floor / session_samples,
     );
     println!();
     Ok(())
@@ -204,6 +252,69 @@ fn allocated_bytes(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// The stored samples and closed episodes compressed in blocks rather than
+/// one value at a time, with their logical sizes as stored.
+struct Blocks {
+    samples_logical: u64,
+    minutes: u64,
+    ten_minutes: u64,
+    episodes_logical: u64,
+    episodes: u64,
+}
+
+impl Blocks {
+    fn of(dir: &Path) -> anyhow::Result<Blocks> {
+        let db = sled::open(dir)?;
+        // Keys are instance u32 · time; one instance, so key order is time
+        // order and every 60 values are a minute.
+        let (mut samples_logical, mut raw) = (0u64, Vec::new());
+        for kv in db.open_tree("samples")?.iter() {
+            let (k, v) = kv?;
+            samples_logical += (k.len() + v.len()) as u64;
+            raw.push(pgtrail_collector::store::unpack(v)?.to_vec());
+        }
+        let (mut episodes_logical, mut episodes) = (0u64, Vec::new());
+        for kv in db.open_tree("episodes")?.iter() {
+            let (k, v) = kv?;
+            episodes_logical += (k.len() + v.len()) as u64;
+            episodes.push([&k[..], &v[..]].concat());
+        }
+        Ok(Blocks {
+            samples_logical,
+            minutes: compressed_in_blocks(&raw, 60, 9)?,
+            ten_minutes: compressed_in_blocks(&raw, 600, 19)?,
+            episodes_logical,
+            episodes: compressed_in_blocks(&episodes, 1000, 9)?,
+        })
+    }
+}
+
+/// The bytes of `values` compressed `per_block` at a time at `level`.
+fn compressed_in_blocks(values: &[Vec<u8>], per_block: usize, level: i32) -> anyhow::Result<u64> {
+    let mut total = 0;
+    for block in values.chunks(per_block) {
+        total += zstd::bulk::compress(&block.concat(), level)?.len() as u64;
+    }
+    Ok(total)
+}
+
+/// The size on disk of a fresh sled store at `to` holding every record of
+/// the one at `from`, written record by record in key order and flushed
+/// once: what sled itself adds to these records.
+fn compacted_bytes(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    let source = sled::open(from)?;
+    let target = sled::open(to)?;
+    for name in source.tree_names() {
+        let (from, to) = (source.open_tree(&name)?, target.open_tree(&name)?);
+        for kv in from.iter() {
+            let (k, v) = kv?;
+            to.insert(k, v)?;
+        }
+    }
+    target.flush()?;
+    Ok(target.size_on_disk()?)
 }
 
 /// (tree, key + value bytes, records) for every tree of the sled store.

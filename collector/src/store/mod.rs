@@ -69,6 +69,7 @@ mod split;
 mod testing;
 mod texts;
 
+pub use self::compress::unpack;
 pub use self::keys::{EpisodeKind, InstanceId, Resolution};
 pub use self::open::SharedRollup;
 pub use self::patch::PatchError;
