@@ -32,7 +32,7 @@ pub use sender::Sender;
 pub use stats::StatsSnapshot;
 
 use pgtrail_proto::pb;
-use spool::Spool;
+use spool::{Spool, SpoolError};
 use tracing::info;
 
 /// The agent's version, sent in its hello.
@@ -47,8 +47,12 @@ pub async fn run(
     let host = config.host_name();
     let spool_dir = config.spool_dir();
     let spool = Spool::open(&spool_dir, config.spool_max_bytes).map_err(|e| {
+        let hint = match e {
+            SpoolError::InUse { .. } => "give each agent a spool_dir (or --spool-dir) of its own",
+            _ => "set spool_dir (or --spool-dir) to a directory this user may write",
+        };
         AgentError::Config(format!(
-            "cannot use the spool directory {}: {}; set spool_dir (or --spool-dir) to a directory this user may write",
+            "cannot use the spool directory {}: {}; {hint}",
             spool_dir.display(),
             error_chain(&e)
         ))

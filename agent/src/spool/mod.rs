@@ -8,9 +8,14 @@
 //!   started; records inside are in the order they were taken (see
 //!   [`segment`] for the framing). Only the newest segment is appended to.
 //! - `seqs`: per-instance sequence reservations ([`seqs`]).
+//! - `lock`: empty; the agent using the spool holds an exclusive `flock` on
+//!   it while the spool is open.
 //!
 //! Invariants:
 //!
+//! - **One agent.** Two agents appending to one spool would interleave
+//!   their segments and reuse each other's sequence numbers: opening a
+//!   spool whose lock another process holds fails.
 //! - **Bounded.** The segments' total size stays within `max_bytes`; to make
 //!   room the oldest segment is deleted whole. Its unacknowledged records
 //!   are counted per instance, logged, and added to that instance's next
@@ -44,7 +49,7 @@ mod segment;
 mod seqs;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
 use pgtrail_proto::model::Snapshot;
@@ -75,6 +80,12 @@ pub enum SpoolError {
     /// A record does not decode.
     #[error("a spooled snapshot is corrupt")]
     Corrupt,
+    /// Another agent has the spool open.
+    #[error("{path} is in use by another agent (it holds the lock {path}/lock)")]
+    InUse {
+        /// The spool directory.
+        path: String,
+    },
 }
 
 impl SpoolError {
@@ -84,6 +95,24 @@ impl SpoolError {
             path: path.display().to_string(),
             source,
         }
+    }
+}
+
+/// Opens `dir/lock` and takes an exclusive `flock` on it without waiting.
+fn lock(dir: &Path) -> Result<File, SpoolError> {
+    let path = dir.join("lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| SpoolError::io("create", &path, e))?;
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(file),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(SpoolError::InUse {
+            path: dir.display().to_string(),
+        }),
+        Err(e) => Err(SpoolError::io("lock", &path, e.into())),
     }
 }
 
@@ -150,6 +179,9 @@ pub struct Spool {
     dropped: HashMap<String, u64>,
     /// The newest records, until first read.
     held: Held,
+    /// The open `lock` file, whose `flock` says this spool is taken; closing
+    /// it (dropping the spool) lets go.
+    _lock: File,
 }
 
 impl Spool {
@@ -157,6 +189,7 @@ impl Spool {
     /// and indexes what an earlier run left there.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Self, SpoolError> {
         fs::create_dir_all(dir).map_err(|e| SpoolError::io("create", dir, e))?;
+        let lock = lock(dir)?;
         let mut ids: Vec<u64> = fs::read_dir(dir)
             .map_err(|e| SpoolError::io("list", dir, e))?
             .filter_map(|e| segment::parse_name(e.ok()?.file_name().to_str()?))
@@ -188,6 +221,7 @@ impl Spool {
             seqs: Sequences::load(dir, &floor)?,
             dropped: HashMap::new(),
             held: Held::default(),
+            _lock: lock,
         })
     }
 

@@ -122,6 +122,21 @@ fn a_restart_resumes_the_spool_with_fresh_numbers() {
 }
 
 #[test]
+fn a_second_agent_cannot_open_a_spool_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Spool::open(dir.path(), 1 << 20).unwrap();
+    first.push(snapshot("a", 1, "SELECT 1")).unwrap();
+    let err = Spool::open(dir.path(), 1 << 20).unwrap_err();
+    assert!(matches!(err, SpoolError::InUse { .. }), "{err:?}");
+    assert!(err.to_string().contains("in use by another agent"), "{err}");
+    // The refused open touched nothing: the first still has its record.
+    assert_eq!(drain(&mut first).len(), 1);
+    drop(first);
+    let mut again = Spool::open(dir.path(), 1 << 20).unwrap();
+    assert_eq!(drain(&mut again).len(), 1);
+}
+
+#[test]
 fn a_full_spool_drops_the_oldest_and_reports_it() {
     let dir = tempfile::tempdir().unwrap();
     let max = 64 << 10;
@@ -179,8 +194,8 @@ fn the_newest_segment_is_emptied_when_acknowledged_and_written_on() {
         assert_eq!(sent.snapshot.sampled_at, t);
         assert!(spool.ack("a", sent.snapshot.seq).unwrap());
         assert_eq!((spool.bytes(), spool.unacked()), (0, 0));
-        // One segment file (emptied) and `seqs`.
-        assert_eq!(files(), 2);
+        // One segment file (emptied), `seqs` and `lock`.
+        assert_eq!(files(), 3);
     }
     assert!(!spool.has_next(&reader));
     // As a killed agent leaves it.
@@ -194,7 +209,9 @@ fn the_newest_segment_is_emptied_when_acknowledged_and_written_on() {
     spool.push(snapshot("a", 4, "SELECT 1")).unwrap();
     let sent = spool.next(&mut Cursor::default()).unwrap().unwrap();
     spool.ack("a", sent.snapshot.seq).unwrap();
-    assert_eq!(files(), 2);
+    assert_eq!(files(), 3);
     spool.close().unwrap();
-    assert_eq!(files(), 1, "only `seqs` is left");
+    // The lock file stays: removing a file others may have open to lock
+    // would let two agents lock two different files of the same name.
+    assert_eq!(files(), 2, "only `seqs` and `lock` are left");
 }
