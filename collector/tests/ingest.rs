@@ -1,6 +1,8 @@
 //! The Ingest and History services over real gRPC on 127.0.0.1:0, into a
 //! real sled store: acknowledgements, redelivery, protocol errors.
 
+mod common;
+
 use std::time::Duration;
 
 use pgtrail_collector::Collector;
@@ -9,6 +11,8 @@ use pgtrail_proto::model::{query_hash, Snapshot};
 use pgtrail_proto::pb::{self, history_client::HistoryClient, ingest_client::IngestClient};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
+
+use common::reopen_collector;
 
 const T0: i64 = 1_790_000_000_000_000;
 
@@ -20,7 +24,7 @@ struct Server {
 
 impl Server {
     async fn start(dir: &std::path::Path) -> Server {
-        let collector = reopen(dir);
+        let collector = reopen_collector(dir);
         let listener = Collector::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -257,17 +261,4 @@ async fn the_server_stops_while_an_agent_is_connected() {
         .expect("the server stopped with an agent connected");
     assert!(matches!(replies.message().await, Ok(None) | Err(_)));
     drop(tx);
-}
-
-/// Opens the collector on `dir`, waiting for a previous one in this
-/// process to let go of it (sled's background threads release the store's
-/// lock a moment after it is dropped).
-fn reopen(dir: &std::path::Path) -> Collector {
-    for _ in 0..200 {
-        match Collector::open(dir) {
-            Ok(collector) => return collector,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
-        }
-    }
-    Collector::open(dir).unwrap()
 }

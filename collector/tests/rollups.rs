@@ -3,6 +3,8 @@
 //! clean stop writes them, and after a crash the ingestor rebuilds them
 //! from the stored samples and minutes, to the same record.
 
+mod common;
+
 use std::sync::Arc;
 
 use pgtrail_collector::store::{Resolution, Rollup, SledStore, Store};
@@ -10,6 +12,8 @@ use pgtrail_collector::Ingestor;
 use pgtrail_proto::model::{Snapshot, IDLE_IN_TRANSACTION};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
+
+use common::reopen_store;
 
 /// A whole hour.
 const T0: Micros = 1_790_002_800 * SECOND;
@@ -47,19 +51,6 @@ fn sample(i: i64) -> Snapshot {
     s
 }
 
-/// Opens the store in `dir`, waiting for a previous one in this process
-/// to let go of it (sled's background threads release its lock after the
-/// store is dropped).
-fn reopen(dir: &std::path::Path) -> SledStore {
-    for _ in 0..200 {
-        match SledStore::open(dir) {
-            Ok(store) => return store,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
-        }
-    }
-    SledStore::open(dir).unwrap()
-}
-
 async fn ingest(ingestor: &Ingestor, samples: std::ops::Range<i64>) {
     for i in samples {
         ingestor.ingest("db", &sample(i)).await.unwrap();
@@ -88,7 +79,7 @@ async fn record_with_a_stop(dir: &std::path::Path, stop: i64, end: i64, crash: b
         ingestor.close().await.unwrap();
     }
     drop((ingestor, store));
-    let store = Arc::new(reopen(dir));
+    let store = Arc::new(reopen_store(dir));
     let ingestor = Ingestor::new(store.clone());
     ingest(&ingestor, stop..end).await;
     ingestor.close().await.unwrap();
@@ -118,7 +109,7 @@ async fn open_rollups_are_answered_before_they_are_written_and_kept_at_a_clean_s
         assert_eq!(peaks[1].1.samples, 35);
         ingestor.close().await.unwrap();
     }
-    let store = reopen(dir.path());
+    let store = reopen_store(dir.path());
     let (minutes, hour) = rollups(&store);
     assert_eq!(minutes.iter().map(|(_, m)| m.samples).sum::<u32>(), 95);
     assert_eq!(hour.samples, 95, "written at the stop");
@@ -130,8 +121,8 @@ async fn after_a_crash_the_open_rollups_are_rebuilt_from_what_was_stored() {
     let (clean, crashed) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     record_with_a_stop(clean.path(), 1_000, 1_150, false).await;
     record_with_a_stop(crashed.path(), 1_000, 1_150, true).await;
-    let clean = reopen(clean.path());
-    let crashed = reopen(crashed.path());
+    let clean = reopen_store(clean.path());
+    let crashed = reopen_store(crashed.path());
     let (clean_minutes, clean_hour) = rollups(&clean);
     let (crashed_minutes, mut crashed_hour) = rollups(&crashed);
     assert_eq!(clean_minutes.len(), 20);
@@ -158,8 +149,8 @@ async fn after_a_crash_the_open_rollups_are_rebuilt_from_what_was_stored() {
     record_with_a_stop(clean_dir.path(), 30, 70, false).await;
     record_with_a_stop(crashed_dir.path(), 30, 70, true).await;
     let (a, b) = (
-        rollups(&reopen(clean_dir.path())),
-        rollups(&reopen(crashed_dir.path())),
+        rollups(&reopen_store(clean_dir.path())),
+        rollups(&reopen_store(crashed_dir.path())),
     );
     assert!(
         a.0 == b.0,

@@ -1,11 +1,15 @@
 //! Samples stored as keyframes and deltas come back exactly as they went
 //! in, from any moment, across minutes, out-of-order arrivals and expiry.
 
+mod common;
+
 use pgtrail_collector::store::StoredSample;
 use pgtrail_collector::Collector;
 use pgtrail_proto::model::Snapshot;
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
+
+use common::reopen_collector;
 
 /// A whole minute, so the run crosses minute boundaries predictably.
 const T0: Micros = 1_790_000_040 * SECOND;
@@ -146,14 +150,14 @@ async fn owned_snapshots_in_any_row_order_come_back_whole_across_a_restart() {
         s
     };
     for (from, to) in [(0, 40), (40, 75)] {
-        let collector = reopen(dir.path());
+        let collector = reopen_collector(dir.path());
         let ingestor = collector.ingestor();
         for i in from..to {
             ingestor.append_owned("db", reversed(i)).await.unwrap();
         }
         ingestor.flush().await.unwrap();
     }
-    let collector = reopen(dir.path());
+    let collector = reopen_collector(dir.path());
     let store = collector.store();
     let id = store.instances().unwrap()[0].id;
     assert_eq!(store.instances().unwrap()[0].samples, 75);
@@ -163,17 +167,4 @@ async fn owned_snapshots_in_any_row_order_come_back_whole_across_a_restart() {
         assert_eq!(by_pid(stored_rows(&got)), rows(&sample(i)), "sample {i}");
         assert_eq!(got.seq, i as u64 + 1);
     }
-}
-
-/// Opens the collector on `dir`, waiting for a previous one in this
-/// process to let go of it (sled's background threads release the store's
-/// lock a moment after it is dropped).
-fn reopen(dir: &std::path::Path) -> Collector {
-    for _ in 0..200 {
-        match Collector::open(dir) {
-            Ok(collector) => return collector,
-            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
-        }
-    }
-    Collector::open(dir).unwrap()
 }

@@ -2,34 +2,15 @@
 //! gRPC to `pgtrail-collector`, which keeps going when the collector is
 //! killed and restarted, and the CLI reads it all back.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgtrail_tests::{bin, free_port, PgServer};
 use serde_json::Value;
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn collector(data: &Path, port: u16) -> Killed {
-    Killed(
-        Command::new(bin("pgtrail-collector"))
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("collector starts"),
-    )
-}
+use common::{collector, Proc};
 
 fn hosts(server: &str) -> Option<Value> {
     let out = Command::new(bin("pgtrail"))
@@ -65,7 +46,7 @@ fn the_agent_streams_to_the_collector_and_survives_its_restart() {
     let port = free_port();
     let server = format!("http://127.0.0.1:{port}");
     let mut coll = collector(data.path(), port);
-    let _agent = Killed(
+    let _agent = Proc(
         Command::new(bin("pgtrail-agent"))
             .args(["--pg", &pg.url(), "--collector", &server])
             .args(["--interval", "200ms", "--host-name", "db-fleet-1"])
@@ -90,8 +71,7 @@ fn the_agent_streams_to_the_collector_and_survives_its_restart() {
 
     // Kill the collector mid-stream; samples taken meanwhile wait in the
     // agent's queue and arrive after the restart.
-    let _ = coll.0.kill();
-    let _ = coll.0.wait();
+    coll.kill();
     let before = inst["samples"].as_u64().unwrap();
     std::thread::sleep(Duration::from_secs(2));
     coll = collector(data.path(), port);

@@ -3,57 +3,21 @@
 //! restarted, a collector killed with SIGKILL mid-stream, and an agent
 //! restarted with snapshots still in its spool.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pgtrail_tests::{bin, free_port, PgServer};
 use serde_json::Value;
 
-/// A child process, killed on drop.
-struct Proc(Child);
+use common::{collector, Proc};
 
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    /// SIGTERM, then waits up to 10 s for the exit (SIGKILL after that: a
-    /// collector draining its agents' streams may not end on its own).
-    fn terminate(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// SIGKILL, then waits.
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn collector(data: &Path, port: u16) -> Proc {
-    Proc(
-        Command::new(bin("pgtrail-collector"))
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("collector starts"),
-    )
+/// Where a test keeps, in `dir`, the collector's store, the agent's spool
+/// and the agent's log.
+fn paths(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    (dir.join("store"), dir.join("spool"), dir.join("agent.log"))
 }
 
 /// An agent sampling `pg` every 200 ms into `spool`, logging to `log`.
@@ -139,6 +103,24 @@ fn losses(log: &Path) -> u64 {
     counted(log, "overruns") + counted(log, "dropped")
 }
 
+/// Asserts that every sample the agent runs logged in `log` took is stored
+/// once, that nothing was dropped but what they reported lost, and that
+/// nothing is left in `spool`. Waits for the collector on `port` to have
+/// them all first.
+fn assert_delivered_once(port: u16, log: &Path, spool: &Path) {
+    let taken = samples_taken(log);
+    let inst = wait_for(port, taken);
+    assert_eq!(inst["samples"].as_u64().unwrap(), taken, "{inst}");
+    // Nothing dropped but samples a loaded machine could not take in time
+    // (counted and reported, never silent).
+    assert_eq!(inst["dropped"].as_u64().unwrap(), losses(log), "{inst}");
+    assert_eq!(
+        segments(spool),
+        0,
+        "everything acknowledged leaves the spool"
+    );
+}
+
 fn segments(spool: &Path) -> usize {
     std::fs::read_dir(spool)
         .unwrap()
@@ -156,11 +138,7 @@ fn segments(spool: &Path) -> usize {
 fn every_sample_arrives_once_across_a_stopped_and_a_killed_collector() {
     let pg = PgServer::start().expect("PostgreSQL starts");
     let dir = tempfile::tempdir().unwrap();
-    let (data, spool, log) = (
-        dir.path().join("store"),
-        dir.path().join("spool"),
-        dir.path().join("agent.log"),
-    );
+    let (data, spool, log) = paths(dir.path());
     let port = free_port();
     let coll = collector(&data, port);
     let a = agent(&pg, port, &spool, &log);
@@ -180,17 +158,7 @@ fn every_sample_arrives_once_across_a_stopped_and_a_killed_collector() {
     wait_for(port, n + 12);
 
     a.terminate();
-    let taken = samples_taken(&log);
-    let inst = wait_for(port, taken);
-    assert_eq!(inst["samples"].as_u64().unwrap(), taken, "{inst}");
-    // Nothing dropped but samples a loaded machine could not take in time
-    // (counted and reported, never silent).
-    assert_eq!(inst["dropped"].as_u64().unwrap(), losses(&log), "{inst}");
-    assert_eq!(
-        segments(&spool),
-        0,
-        "everything acknowledged leaves the spool"
-    );
+    assert_delivered_once(port, &log, &spool);
     coll.terminate();
 }
 
@@ -198,11 +166,7 @@ fn every_sample_arrives_once_across_a_stopped_and_a_killed_collector() {
 fn a_restarted_agent_resumes_its_spool() {
     let pg = PgServer::start().expect("PostgreSQL starts");
     let dir = tempfile::tempdir().unwrap();
-    let (data, spool, log) = (
-        dir.path().join("store"),
-        dir.path().join("spool"),
-        dir.path().join("agent.log"),
-    );
+    let (data, spool, log) = paths(dir.path());
     let port = free_port();
 
     // No collector yet: the first run's samples wait in the spool.
@@ -226,12 +190,8 @@ fn a_restarted_agent_resumes_its_spool() {
     assert!((last - first).num_milliseconds() >= 2000, "{inst}");
     a.terminate();
 
-    let taken = samples_taken(&log);
-    assert!(taken > first_run);
-    let inst = wait_for(port, taken);
-    assert_eq!(inst["samples"].as_u64().unwrap(), taken, "{inst}");
-    assert_eq!(inst["dropped"].as_u64().unwrap(), losses(&log), "{inst}");
-    assert_eq!(segments(&spool), 0);
+    assert!(samples_taken(&log) > first_run);
+    assert_delivered_once(port, &log, &spool);
     coll.terminate();
 }
 
@@ -239,11 +199,7 @@ fn a_restarted_agent_resumes_its_spool() {
 fn a_full_spool_reports_its_losses() {
     let pg = PgServer::start().expect("PostgreSQL starts");
     let dir = tempfile::tempdir().unwrap();
-    let (data, spool, log) = (
-        dir.path().join("store"),
-        dir.path().join("spool"),
-        dir.path().join("agent.log"),
-    );
+    let (data, spool, log) = paths(dir.path());
     let port = free_port();
     // The smallest spool holds a few dozen samples of an idle server.
     let config = dir.path().join("agent.toml");

@@ -2,23 +2,13 @@
 //! server and prints what it receives in-process: snapshots with the
 //! strace-level detail of every process, and normalized query texts.
 
-use std::path::PathBuf;
+mod common;
+
 use std::process::Command;
 
 use pgtrail_tests::PgServer;
 
-/// `target/<profile>/examples/NAME`, built by `cargo build --examples`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = profile.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --examples`",
-        path.display()
-    );
-    path
-}
+use common::example;
 
 #[test]
 fn the_embedding_example_receives_snapshots_in_process() {

@@ -3,14 +3,17 @@
 //! cannot see (in its data and once in its log) and stores those fields as
 //! unknown rather than as facts.
 
+mod common;
+
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use pgtrail_agent::{AgentBuilder, InstanceConfig};
 use pgtrail_proto::model::Snapshot;
 use pgtrail_tests::PgServer;
+
+use common::example;
 
 /// The first snapshot in which the session `app` is seen, by `role`.
 async fn sample_as(pg: &PgServer, role: &str, app: &str) -> Snapshot {
@@ -99,19 +102,6 @@ async fn pg_monitor_is_enough_and_its_absence_is_said() {
         "{spot}"
     );
     busy.abort();
-}
-
-/// `target/<profile>/examples/NAME`, built by `cargo build --examples`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile = exe.parent().and_then(|d| d.parent()).unwrap();
-    let path = profile.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --examples`",
-        path.display()
-    );
-    path
 }
 
 fn effective_uid() -> u32 {

@@ -1,9 +1,10 @@
 //! What the end-to-end tests share: a `pgtrail record` run over a
-//! throwaway server, and the CLI's JSON answers.
+//! throwaway server, a `pgtrail-collector` to stream to, the CLI's JSON
+//! answers, and the path of a built example.
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,16 +23,11 @@ impl Recorder {
     /// until it has stored two samples.
     pub fn start(pg: &PgServer, data: &Path, host: &str) -> Recorder {
         let port = free_port();
-        let child = Command::new(bin("pgtrail"))
+        let mut record = Command::new(bin("pgtrail"));
+        record
             .args(["record", "--pg", &pg.url(), "--interval", "200ms"])
-            .args(["--host-name", host])
-            .arg("--data")
-            .arg(data)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("pgtrail record starts");
+            .args(["--host-name", host]);
+        let child = serve(record, data, port);
         let recorder = Recorder {
             child,
             server: format!("http://127.0.0.1:{port}"),
@@ -124,6 +120,71 @@ impl Drop for Recorder {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Runs `cmd --data DATA --listen 127.0.0.1:PORT` with its output
+/// discarded: how `pgtrail record` and `pgtrail-collector` are started to
+/// keep a store in `data` and answer on `port`.
+fn serve(mut cmd: Command, data: &Path, port: u16) -> Child {
+    cmd.arg("--data")
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{} starts: {e}", cmd.get_program().to_string_lossy()))
+}
+
+/// A child process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    /// SIGTERM, then waits up to 10 s for the exit (SIGKILL after that: a
+    /// collector draining its agents' streams may not end on its own).
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, then waits.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A `pgtrail-collector` keeping its store in `data` and listening on
+/// `127.0.0.1:port`, killed on drop.
+pub fn collector(data: &Path, port: u16) -> Proc {
+    Proc(serve(Command::new(bin("pgtrail-collector")), data, port))
+}
+
+/// `target/<profile>/examples/NAME`, built by `cargo build --examples`.
+pub fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile = exe.parent().and_then(|d| d.parent()).unwrap();
+    let path = profile.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --examples`",
+        path.display()
+    );
+    path
 }
 
 /// Parses an RFC 3339 time from the CLI's JSON into µs.
