@@ -1,7 +1,8 @@
 //! Durable delivery through the real binaries: every sample the agent takes
 //! reaches the collector exactly once, across a collector stopped and
 //! restarted, a collector killed with SIGKILL mid-stream, and an agent
-//! restarted with snapshots still in its spool.
+//! restarted with snapshots still in its spool; and a second agent pointed
+//! at a spool in use is refused, leaving the first alone.
 
 mod common;
 
@@ -242,4 +243,52 @@ fn a_full_spool_reports_its_losses() {
         "{stored} + {dropped} < {taken}: {inst}"
     );
     coll.terminate();
+}
+
+#[test]
+fn a_second_agent_on_the_same_spool_is_refused() {
+    let pg = PgServer::start().expect("PostgreSQL starts");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, spool, log) = paths(dir.path());
+    // No collector: the first agent spools what it takes.
+    let first = agent(&pg, free_port(), &spool, &log);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !spool.exists() || segments(&spool) == 0 {
+        assert!(Instant::now() < deadline, "the first agent never spooled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut second = Proc(
+        Command::new(bin("pgtrail-agent"))
+            .args(["--pg", &pg.url()])
+            .args(["--collector", "http://127.0.0.1:9"])
+            .args(["--host-name", "db-2"])
+            .arg("--spool-dir")
+            .arg(&spool)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the second agent kept running");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("in use by another agent"), "{stderr}");
+    // The first agent was left alone: still running, its spool whole.
+    let mut first = first;
+    assert!(
+        first.0.try_wait().unwrap().is_none(),
+        "the first agent died"
+    );
+    first.terminate();
+    assert!(samples_taken(&log) > 0);
+    assert!(segments(&spool) > 0, "the spooled samples are still there");
 }
