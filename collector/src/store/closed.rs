@@ -231,7 +231,7 @@ mod tests {
 
     use super::*;
     use crate::store::keys::{self, EpisodeKind};
-    use crate::store::testing::{temp_store, Rng};
+    use crate::store::testing::{reopen, temp_store, Rng};
     use crate::store::{Append, EpisodeFilter, SledStore, Store};
 
     const T0: Micros = 1_790_000_040 * SECOND;
@@ -462,16 +462,5 @@ mod tests {
         );
         assert_eq!(all(&store, EpisodeKind::Idle), vec![kept, next]);
         assert_eq!(store.identities.len(), 1);
-    }
-
-    /// Opens the store in `dir` once the previous one has let go of it.
-    fn reopen(dir: &std::path::Path) -> SledStore {
-        for _ in 0..200 {
-            match SledStore::open(dir) {
-                Ok(store) => return store,
-                Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
-            }
-        }
-        SledStore::open(dir).unwrap()
     }
 }

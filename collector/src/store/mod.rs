@@ -131,14 +131,18 @@ pub enum StoreError {
     #[error("instance {0} is registered but has no record")]
     MissingInstance(InstanceId),
     /// The store was written by an incompatible version of pgtrail.
-    #[error("the store at {path} has format {found}, this pgtrail reads format {expected}")]
+    #[error(
+        "the store at {path} has format {found}; this pgtrail reads formats {oldest} to {newest}"
+    )]
     Format {
         /// Where.
         path: String,
         /// The format found.
         found: u32,
-        /// The format this build reads.
-        expected: u32,
+        /// The oldest format this build reads.
+        oldest: u32,
+        /// The format this build writes, the newest it reads.
+        newest: u32,
     },
 }
 

@@ -24,8 +24,15 @@ use super::split::{head, split, Split};
 use super::texts::TextCache;
 use super::{Append, EpisodeFilter, Store, StoreError};
 
-/// The layout version this build writes and reads.
-pub const FORMAT: u32 = 1;
+/// The layout version this build writes. Format 2 added what a build of
+/// format 1 would misread: rows stored as field patches, compressed
+/// samples and compact closed episodes.
+pub const FORMAT: u32 = 2;
+
+/// The oldest layout this build reads: its values still decode. Opening
+/// such a store marks it with [`FORMAT`], since what is written from then
+/// on is of that layout.
+pub const OLDEST_FORMAT: u32 = 1;
 
 /// How much sled may cache. Not a cap on RSS (sled's own caveat), but it
 /// keeps the page cache from growing with the store.
@@ -92,12 +99,17 @@ impl SledStore {
             }
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
-                if found != FORMAT {
+                if !(OLDEST_FORMAT..=FORMAT).contains(&found) {
                     return Err(StoreError::Format {
                         path: dir.display().to_string(),
                         found,
-                        expected: FORMAT,
+                        oldest: OLDEST_FORMAT,
+                        newest: FORMAT,
                     });
+                }
+                if found < FORMAT {
+                    store.meta.insert("format", &FORMAT.to_be_bytes())?;
+                    store.db.flush()?;
                 }
             }
         }
@@ -722,8 +734,69 @@ impl Store for SledStore {
 mod tests {
     use std::sync::Arc;
 
-    use super::super::testing::temp_store;
+    use super::super::testing::{reopen, temp_store};
     use super::*;
+
+    fn marked(store: &SledStore) -> u32 {
+        let v = store.meta.get("format").unwrap().unwrap();
+        u32::from_be_bytes(v.as_ref().try_into().unwrap())
+    }
+
+    #[test]
+    fn an_older_layout_is_read_and_marked_a_newer_one_refused() {
+        let (dir, store) = temp_store();
+        assert_eq!(marked(&store), FORMAT);
+        let instance = store.instance_id("host", "5432").unwrap();
+        store
+            .meta
+            .insert("format", &OLDEST_FORMAT.to_be_bytes())
+            .unwrap();
+        drop(store);
+        // A store of the oldest layout opens, keeps what it holds, and is
+        // marked as written by this build.
+        let store = reopen(dir.path());
+        assert_eq!(marked(&store), FORMAT);
+        assert_eq!(store.instance_id("host", "5432").unwrap(), instance);
+        store
+            .meta
+            .insert("format", &(FORMAT + 1).to_be_bytes())
+            .unwrap();
+        drop(store);
+        // One of a newer layout is refused, and left as it was.
+        let refused = (0..200)
+            .find_map(|_| match SledStore::open(dir.path()) {
+                Err(e @ StoreError::Format { .. }) => Some(e),
+                _ => {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                    None
+                }
+            })
+            .expect("a format error");
+        assert_eq!(
+            refused.to_string(),
+            format!(
+                "the store at {} has format {}; this pgtrail reads formats {OLDEST_FORMAT} to {FORMAT}",
+                dir.path().display(),
+                FORMAT + 1
+            )
+        );
+        let db = (0..200)
+            .find_map(|_| {
+                let db = sled::open(dir.path()).ok();
+                if db.is_none() {
+                    std::thread::sleep(std::time::Duration::from_millis(25));
+                }
+                db
+            })
+            .expect("the store opens once let go of");
+        let v = db
+            .open_tree("meta")
+            .unwrap()
+            .get("format")
+            .unwrap()
+            .unwrap();
+        assert_eq!(v.as_ref(), (FORMAT + 1).to_be_bytes());
+    }
 
     #[test]
     fn texts_written_with_a_sample_read_back_from_memory_and_from_sled() {

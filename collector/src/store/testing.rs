@@ -182,3 +182,16 @@ pub fn temp_store() -> (tempfile::TempDir, super::SledStore) {
     let store = super::SledStore::open(dir.path()).unwrap();
     (dir, store)
 }
+
+/// Opens the store in `dir` again once the previous one has let go of it:
+/// sled's background threads release a dropped store's lock a moment
+/// later.
+pub fn reopen(dir: &std::path::Path) -> super::SledStore {
+    for _ in 0..200 {
+        match super::SledStore::open(dir) {
+            Ok(store) => return store,
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(25)),
+        }
+    }
+    super::SledStore::open(dir).unwrap()
+}
