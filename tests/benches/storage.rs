@@ -108,7 +108,7 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
     drop(collector);
     let allocated = allocated_bytes(&store_dir);
     let trees = tree_bytes(&store_dir)?;
-    let compacted = compacted_bytes(&store_dir, &dir.path().join("compacted"))?;
+    let rewritten = rewritten_bytes(&store_dir, &dir.path().join("rewritten"))?;
     let blocks = Blocks::of(&store_dir)?;
 
     let session_samples = (samples * sessions as u64) as f64;
@@ -144,8 +144,8 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
     ]);
     rows.push(vec![
         "baseline: the same records rewritten into a fresh sled store".into(),
-        format!("{:.1} MiB", common::mib(compacted)),
-        format!("{:.1}", per(compacted)),
+        format!("{:.1} MiB", common::mib(rewritten)),
+        format!("{:.1}", per(rewritten)),
     ]);
     for (what, bytes) in [
         ("samples a minute at a time, zstd 9", blocks.minutes),
@@ -303,7 +303,7 @@ fn compressed_in_blocks(values: &[Vec<u8>], per_block: usize, level: i32) -> any
 /// The size on disk of a fresh sled store at `to` holding every record of
 /// the one at `from`, written record by record in key order and flushed
 /// once: what sled itself adds to these records.
-fn compacted_bytes(from: &Path, to: &Path) -> anyhow::Result<u64> {
+fn rewritten_bytes(from: &Path, to: &Path) -> anyhow::Result<u64> {
     let source = sled::open(from)?;
     let target = sled::open(to)?;
     for name in source.tree_names() {
