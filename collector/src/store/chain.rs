@@ -4,11 +4,13 @@
 //! The format itself is [`super::delta`].
 
 use pgtrail_proto::time::Micros;
+use prost::bytes::Bytes;
 
 use super::compress;
 use super::delta::{Base, Encoded, Rows, Stored};
 use super::keys::{self, InstanceId, Resolution};
 use super::records::StoredSample;
+use super::sealed::Origin;
 use super::sled::SledStore;
 use super::{Append, StoreError};
 
@@ -48,18 +50,21 @@ impl SledStore {
         instance: InstanceId,
         at: Micros,
         stored: Stored,
+        origin: &Origin,
     ) -> Result<StoredSample, StoreError> {
-        let rows = self.chain_rows(instance, at, &stored)?;
+        let rows = self.chain_rows(instance, at, &stored, origin)?;
         rows.into_sample(stored.header).map_err(corrupt)
     }
 
     /// The rows of `stored`, the sample at `at`: a keyframe's own, a
-    /// delta's applied to the rows of its chain, from its keyframe on.
+    /// delta's applied to the rows of its chain, from its keyframe on. The
+    /// chain is where `stored` was read (`origin`).
     pub(super) fn chain_rows(
         &self,
         instance: InstanceId,
         at: Micros,
         stored: &Stored,
+        origin: &Origin,
     ) -> Result<Rows, StoreError> {
         let mut bases: Vec<(Micros, Stored)> = Vec::new();
         loop {
@@ -73,10 +78,9 @@ impl SledStore {
                 _ => return Err(StoreError::BrokenChain(at, instance)),
             };
             let base = self
-                .samples
-                .get(keys::instance_time(instance, base_at))?
+                .base(instance, base_at, origin)?
                 .ok_or(StoreError::BrokenChain(at, instance))?;
-            bases.push((base_at, parse(base)?));
+            bases.push((base_at, parse_bytes(base)?));
         }
         let mut rows = Rows::default();
         let links = bases.iter().rev().map(|(t, s)| (*t, s));
@@ -119,7 +123,12 @@ impl SledStore {
 
 /// A stored sample as read (see [`Stored`]), its rows slices of `value`.
 pub(super) fn parse(value: sled::IVec) -> Result<Stored, StoreError> {
-    Stored::parse(compress::unpack(value)?).map_err(corrupt)
+    parse_bytes(compress::unpack(value)?)
+}
+
+/// A stored sample's value, unpacked, as read.
+pub(super) fn parse_bytes(value: Bytes) -> Result<Stored, StoreError> {
+    Stored::parse(value).map_err(corrupt)
 }
 
 /// A stored sample that does not decode.
@@ -194,12 +203,13 @@ mod tests {
             };
             assert!(store.append(&append).unwrap());
         }
-        let (mut patches, mut rows, mut packed) = (0, 0, 0);
-        for entry in store.samples.iter() {
-            let value = entry.unwrap().1;
-            packed += usize::from(value[0] == 0);
-            let value = compress::unpack(value).unwrap();
-            let s = StoredSample::decode(value).unwrap();
+        // The first two minutes sealed, the third still loose.
+        assert_eq!(store.sample_blocks.len(), 2);
+        assert_eq!(store.samples.len(), 30);
+        let packed = store.samples.iter().filter(|e| e.as_ref().unwrap().1[0] == 0);
+        let (mut patches, mut rows) = (0, 0);
+        for entry in store.sample_entries(instance, Micros::MIN, Micros::MAX) {
+            let s = StoredSample::decode(entry.unwrap().1).unwrap();
             if !s.keyframe {
                 patches += s.session_patches.len() + s.process_patches.len();
                 rows += s.sessions.len() + s.processes.len();
@@ -209,7 +219,7 @@ mod tests {
             patches > 500 && rows > 100,
             "{patches} patches, {rows} rows"
         );
-        assert!(packed > 0, "no sample was stored compressed");
+        assert!(packed.count() > 0, "no sample was stored compressed");
 
         let all = store.samples(instance, T0, T0 + n * SECOND).unwrap();
         assert_eq!(all.len(), samples.len());

@@ -63,6 +63,8 @@ mod keys;
 mod open;
 mod patch;
 mod records;
+mod sealed;
+mod segments;
 mod sled;
 mod split;
 #[cfg(test)]
@@ -130,6 +132,15 @@ pub enum StoreError {
     /// An instance id without its record: the store is damaged.
     #[error("instance {0} is registered but has no record")]
     MissingInstance(InstanceId),
+    /// A segment file (sealed samples) could not be written or read.
+    #[error("segment file {path} failed")]
+    Segment {
+        /// Which file.
+        path: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store was written by an incompatible version of pgtrail.
     #[error(
         "the store at {path} has format {found}; this pgtrail reads formats {oldest} to {newest}"

@@ -27,6 +27,31 @@ pub struct InstanceRecord {
     pub dropped: u64,
 }
 
+/// Where a sealed minute of samples is (tree `sample_blocks`, keyed by
+/// instance and the minute's start): a block of the instance's segment
+/// file for the minute's day (see [`super::sealed`]).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct SampleBlock {
+    /// Where the block starts in the file.
+    #[prost(uint64, tag = "1")]
+    pub offset: u64,
+    /// Its length in the file (a zstd frame).
+    #[prost(uint64, tag = "2")]
+    pub len: u64,
+    /// Its length once decompressed.
+    #[prost(uint64, tag = "3")]
+    pub raw_len: u64,
+    /// The time of its first sample.
+    #[prost(int64, tag = "4")]
+    pub first_us: i64,
+    /// The time of its last sample.
+    #[prost(int64, tag = "5")]
+    pub last_us: i64,
+    /// How many samples it holds.
+    #[prost(uint32, tag = "6")]
+    pub count: u32,
+}
+
 /// One stored sample (tree `samples`).
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct StoredSample {

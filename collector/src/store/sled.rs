@@ -1,6 +1,6 @@
 //! [`Store`] on sled: one `Db` per process, one tree per record kind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -10,13 +10,14 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
-use super::chain::{corrupt, parse};
+use super::chain::{corrupt, parse_bytes};
 use super::closed::{self, decode_closed};
 use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::identities::{self, Identities};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::open::{OpenRollup, OpenRollups};
+use super::segments::Segments;
 use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
@@ -26,8 +27,9 @@ use super::{Append, EpisodeFilter, Store, StoreError};
 
 /// The layout version this build writes. Format 2 added what a build of
 /// format 1 would misread: rows stored as field patches, compressed
-/// samples and compact closed episodes.
-pub const FORMAT: u32 = 2;
+/// samples and compact closed episodes; format 3, samples sealed a minute
+/// at a time into segment files, which a build of format 2 would not see.
+pub const FORMAT: u32 = 3;
 
 /// The oldest layout this build reads: its values still decode. Opening
 /// such a store marks it with [`FORMAT`], since what is written from then
@@ -44,6 +46,12 @@ pub struct SledStore {
     db: sled::Db,
     instances: Tree,
     pub(super) samples: Tree,
+    /// Where each sealed minute of samples is in `segments`.
+    pub(super) sample_blocks: Tree,
+    /// The files of sealed samples.
+    pub(super) segments: Segments,
+    /// Instances with whole minutes of loose samples still to seal.
+    unsealed: std::sync::Mutex<HashSet<InstanceId>>,
     facts: Tree,
     rollups: Tree,
     rollup_maps: Tree,
@@ -78,6 +86,9 @@ impl SledStore {
         let store = Self {
             instances: tree("instances")?,
             samples: tree("samples")?,
+            sample_blocks: tree("sample_blocks")?,
+            segments: Segments::open(dir)?,
+            unsealed: std::sync::Mutex::new(HashSet::new()),
             facts: tree("facts")?,
             rollups: tree("rollups")?,
             rollup_maps: tree("rollup_maps")?,
@@ -138,6 +149,32 @@ impl SledStore {
         to: Micros,
     ) -> impl DoubleEndedIterator<Item = sled::Result<(sled::IVec, sled::IVec)>> {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
+    }
+
+    /// Seals the instance's whole minutes of loose samples when a sample at
+    /// `t` starts a new minute in order, or when some were left over.
+    fn seal_if_due(&self, instance: InstanceId, t: Micros) -> Result<(), StoreError> {
+        let starts_minute = self
+            .chains
+            .lock()
+            .expect("not poisoned")
+            .get(&instance)
+            .is_none_or(|(last, _)| {
+                *last < t && Resolution::Minute.start_of(*last) != Resolution::Minute.start_of(t)
+            });
+        let mut unsealed = self.unsealed.lock().expect("not poisoned");
+        if !starts_minute && !unsealed.contains(&instance) {
+            return Ok(());
+        }
+        drop(unsealed);
+        let left = self.seal_before(instance, Resolution::Minute.start_of(t))?;
+        unsealed = self.unsealed.lock().expect("not poisoned");
+        if left {
+            unsealed.insert(instance);
+        } else {
+            unsealed.remove(&instance);
+        }
+        Ok(())
     }
 
     /// A stored rollup from its head (in `rollups`, under `key`) and its
@@ -319,6 +356,7 @@ impl Store for SledStore {
             .get(&a.instance)
             .cloned()
             .expect("instance registered before append");
+        self.seal_if_due(a.instance, a.sampled_at)?;
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
         let (sample, rows) = self.encode_sample(a);
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
@@ -457,9 +495,7 @@ impl Store for SledStore {
     }
 
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError> {
-        Ok(self
-            .samples
-            .contains_key(keys::instance_time(instance, t))?)
+        Ok(self.stored_at(instance, t)?.is_some())
     }
 
     fn flush(&self) -> Result<(), StoreError> {
@@ -475,15 +511,21 @@ impl Store for SledStore {
 
     fn sample_bounds(&self, instance: InstanceId) -> Result<Option<(Micros, Micros)>, StoreError> {
         let mut range = Self::instance_range(&self.samples, instance, Micros::MIN, Micros::MAX);
-        let Some(first) = range.next() else {
-            return Ok(None);
+        let loose = match range.next() {
+            None => None,
+            Some(first) => {
+                let first = keys::time_of_instance_key(&first?.0);
+                let last = match range.next_back() {
+                    Some(last) => keys::time_of_instance_key(&last?.0),
+                    None => first,
+                };
+                Some((first, last))
+            }
         };
-        let first = keys::time_of_instance_key(&first?.0);
-        let last = match range.next_back() {
-            Some(last) => keys::time_of_instance_key(&last?.0),
-            None => first,
-        };
-        Ok(Some((first, last)))
+        Ok(match (loose, self.sealed_bounds(instance)?) {
+            (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+            (a, b) => a.or(b),
+        })
     }
 
     fn sample_at(
@@ -491,12 +533,11 @@ impl Store for SledStore {
         instance: InstanceId,
         t: Micros,
     ) -> Result<Option<(Micros, StoredSample)>, StoreError> {
-        match Self::instance_range(&self.samples, instance, Micros::MIN, t).next_back() {
+        match self.last_at_or_before(instance, t)? {
             None => Ok(None),
-            Some(entry) => {
-                let (k, v) = entry?;
-                let at = keys::time_of_instance_key(&k);
-                Ok(Some((at, self.rebuild(instance, at, parse(v)?)?)))
+            Some((at, value, origin)) => {
+                let stored = parse_bytes(value)?;
+                Ok(Some((at, self.rebuild(instance, at, stored, &origin)?)))
             }
         }
     }
@@ -512,10 +553,9 @@ impl Store for SledStore {
         }
         let mut out = Vec::new();
         let mut running: Option<(Micros, Rows)> = None;
-        for entry in Self::instance_range(&self.samples, instance, from, to) {
-            let (k, v) = entry?;
-            let at = keys::time_of_instance_key(&k);
-            let stored = parse(v)?;
+        for entry in self.sample_entries(instance, from, to) {
+            let (at, value, origin) = entry?;
+            let stored = parse_bytes(value)?;
             let mut rows = match running.take() {
                 Some((prev, mut rows))
                     if stored.header.keyframe || stored.header.base_us == Some(prev) =>
@@ -528,7 +568,7 @@ impl Store for SledStore {
                         })?;
                     rows
                 }
-                _ => self.chain_rows(instance, at, &stored)?,
+                _ => self.chain_rows(instance, at, &stored, &origin)?,
             };
             let sample = rows.fill(stored.header).map_err(corrupt)?;
             running = Some((at, rows));
@@ -673,7 +713,9 @@ impl Store for SledStore {
     ) -> Result<u64, StoreError> {
         let mut removed = 0;
         let first = keys::instance_time(instance, Micros::MIN);
-        // Cut at a keyframe, so every chain left is whole.
+        // Whole sealed minutes; loose samples at a keyframe, so every chain
+        // left is whole.
+        removed += self.expire_sealed(instance, Resolution::Minute.start_of(raw_before))?;
         let cut = self.chain_start(instance, raw_before)?;
         removed += remove_range(&self.samples, first, keys::instance_time(instance, cut))?;
         // Facts: keep the latest one before the cut, it is still in force.
@@ -708,7 +750,7 @@ impl Store for SledStore {
     }
 
     fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        Ok(self.db.size_on_disk()? + self.segments.bytes()?)
     }
 
     fn query_texts(
