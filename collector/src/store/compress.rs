@@ -25,10 +25,6 @@ const MARK: u8 = 0;
 /// stronger pass (about a millisecond for 200 sessions).
 pub const KEYFRAME_LEVEL: i32 = 9;
 
-/// zstd's level for deltas: every sample, so a fast one (3 stores a
-/// tenth less than 1 for a few microseconds per sample).
-pub const DELTA_LEVEL: i32 = 3;
-
 /// Values shorter than this are stored as they are.
 const MIN_LEN: usize = 64;
 
@@ -104,7 +100,7 @@ mod tests {
             .into_iter()
             .chain(1..=255)
             .collect();
-        for level in [DELTA_LEVEL, KEYFRAME_LEVEL] {
+        for level in [3, KEYFRAME_LEVEL] {
             let packed = pack(value.clone(), level);
             assert_eq!(packed[0], MARK);
             assert!(packed.len() * 5 < value.len(), "{} bytes", packed.len());

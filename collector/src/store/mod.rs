@@ -67,6 +67,7 @@ mod sealed;
 mod segments;
 mod sled;
 mod split;
+mod tail;
 #[cfg(test)]
 mod testing;
 mod texts;

@@ -1,23 +1,24 @@
-//! Samples sealed a minute at a time. A sample is first stored on its own
-//! in sled (tree `samples`, "loose"), so it is durable when acknowledged
-//! and the minute it belongs to can still grow. Once an instance's next
-//! minute starts, the minute before is whole: its samples (keyframe and
-//! deltas, [`super::delta`]) are put together in time order, compressed as
-//! one zstd frame and appended to the instance's segment file
-//! ([`super::segments`]); then one sled transaction records where the
-//! block is (tree `sample_blocks`) and removes the loose samples.
-//! Compressed together, a minute of samples takes about half the bytes of
-//! its samples compressed one by one, and sled no longer holds them.
+//! Samples sealed a minute at a time. An instance's samples are written
+//! to its tail ([`super::tail`]) as they come; once its next minute
+//! starts, the minute before is whole: its samples (keyframes and deltas,
+//! [`super::delta`]) are compressed together as one zstd frame, appended
+//! to the instance's segment file for the day ([`super::segments`]), and
+//! sled records where the block is (tree `sample_blocks`, keyed by
+//! instance and the minute's start). Compressed together, a minute of
+//! samples takes about half the bytes of its samples compressed one by
+//! one.
 //!
-//! A delta's base is always in its own minute and a minute is sealed at
-//! most once, so every chain is whole within one block or among loose
-//! samples. A sample that arrives after its minute was sealed stays loose
-//! (it is a keyframe); reads merge loose and sealed samples in time order.
+//! A delta's base is always in its own minute and a minute is sealed once,
+//! so every chain is whole within one block. A sample that comes after its
+//! minute was sealed is stored on its own in sled's `samples` (a
+//! keyframe), as are the samples of stores written before sealing; reads
+//! merge the three in time order.
 //!
-//! A block decompressed is: the number of samples (varint), then per
-//! sample its time as the zigzag varint of the difference from the one
-//! before (from 0 for the first), the value's length (varint) and the
-//! value (a `StoredSample` as [`super::delta`] writes it).
+//! A block decompressed is its samples one after the other, each as its
+//! time (the zigzag varint of the difference from the one before, from 0
+//! for the first), the value's length (varint) and the value (a
+//! `StoredSample` as [`super::delta`] writes it). A tail's file holds the
+//! same, so sealing compresses the file's bytes as they are.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,24 +27,18 @@ use pgtrail_proto::time::Micros;
 use prost::bytes::Bytes;
 use prost::encoding::{decode_varint, encode_varint};
 use prost::Message;
-use sled::transaction::TransactionError;
-use sled::Transactional;
 
 use super::compress;
 use super::keys::{self, InstanceId, Resolution};
 use super::records::SampleBlock;
 use super::segments::Segments;
+use super::tail::Tail;
 use super::sled::{decode, SledStore};
 use super::StoreError;
 
 /// zstd's level for a sealed minute: a few milliseconds of one core per
 /// instance and minute.
 const LEVEL: i32 = 9;
-
-/// How many minutes one append seals at most, so a backlog of loose
-/// samples (a store written before sealing) is worked off a few minutes per
-/// sample rather than holding one append up.
-const AT_ONCE: usize = 4;
 
 /// A sealed minute, decompressed: its samples' times and values.
 #[derive(Debug)]
@@ -53,39 +48,24 @@ pub(super) struct Block {
 }
 
 impl Block {
-    /// `entries`, in time order, put together.
-    fn encode(entries: &[(Micros, Bytes)]) -> Vec<u8> {
-        let len: usize = entries.iter().map(|(_, v)| v.len() + 8).sum();
-        let mut out = Vec::with_capacity(len + 4);
-        encode_varint(entries.len() as u64, &mut out);
-        let mut prev = 0;
-        for (t, value) in entries {
-            encode_varint(zigzag(t - prev), &mut out);
-            encode_varint(value.len() as u64, &mut out);
-            out.extend_from_slice(value);
-            prev = *t;
-        }
-        out
+    /// A block of `bytes` whose samples are at `entries`, in time order.
+    pub(super) fn new(bytes: Bytes, entries: Vec<(Micros, Range<usize>)>) -> Block {
+        Block { bytes, entries }
     }
 
+    /// A sealed block's bytes, read.
     fn decode(bytes: Bytes) -> Result<Block, StoreError> {
-        let damaged = || StoreError::Unpack("sealed block");
-        let mut rest: &[u8] = &bytes;
-        let count = decode_varint(&mut rest).map_err(|_| damaged())?;
-        let mut entries = Vec::with_capacity(count.min(4096) as usize);
-        let mut t = 0;
-        for _ in 0..count {
-            t += unzigzag(decode_varint(&mut rest).map_err(|_| damaged())?);
-            let len = decode_varint(&mut rest).map_err(|_| damaged())?;
-            let len = usize::try_from(len).map_err(|_| damaged())?;
-            let start = bytes.len() - rest.len();
-            if len > rest.len() {
-                return Err(damaged());
-            }
-            rest = &rest[len..];
-            entries.push((t, start..start + len));
+        let (mut entries, whole) = entries(&bytes);
+        if whole != bytes.len() {
+            return Err(StoreError::Unpack("sealed block"));
         }
+        entries.sort_by_key(|(t, _)| *t);
         Ok(Block { bytes, entries })
+    }
+
+    /// How many samples it holds.
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
     }
 
     /// The value of the sample at `t`.
@@ -114,58 +94,15 @@ pub(super) enum Origin {
 }
 
 impl SledStore {
-    /// Seals the instance's whole minutes of loose samples before `before`
-    /// (a minute's start) that are not sealed yet, oldest first and at most
-    /// [`AT_ONCE`]; returns whether some are left for the next call.
-    pub(super) fn seal_before(
-        &self,
-        instance: InstanceId,
-        before: Micros,
-    ) -> Result<bool, StoreError> {
-        let mut sealed = 0;
-        let mut minute: Option<(Micros, Vec<(sled::IVec, Micros, Bytes)>)> = None;
-        for entry in Self::instance_range(&self.samples, instance, Micros::MIN, before.saturating_sub(1)) {
-            let (k, v) = entry?;
-            let at = keys::time_of_instance_key(&k);
-            let start = minute_of(at);
-            if minute.as_ref().is_some_and(|(m, _)| *m != start) {
-                if sealed == AT_ONCE {
-                    return Ok(true);
-                }
-                let (m, samples) = minute.take().expect("checked");
-                sealed += usize::from(self.seal_minute(instance, m, samples)?);
-            }
-            let value = compress::unpack(v)?;
-            minute
-                .get_or_insert_with(|| (start, Vec::new()))
-                .1
-                .push((k, at, value));
-        }
-        if let Some((m, samples)) = minute {
-            if sealed == AT_ONCE {
-                return Ok(true);
-            }
-            self.seal_minute(instance, m, samples)?;
-        }
-        Ok(false)
-    }
-
-    /// Seals one minute's loose samples unless the minute has a block
-    /// already (they came late and stay loose); returns whether it did.
-    fn seal_minute(
-        &self,
-        instance: InstanceId,
-        minute: Micros,
-        samples: Vec<(sled::IVec, Micros, Bytes)>,
-    ) -> Result<bool, StoreError> {
-        let key = keys::instance_time(instance, minute);
-        if self.sample_blocks.contains_key(key)? {
-            return Ok(false);
-        }
-        let entries: Vec<(Micros, Bytes)> =
-            samples.iter().map(|(_, t, v)| (*t, v.clone())).collect();
-        let raw = Block::encode(&entries);
-        let frame = compress_block(&raw)?;
+    /// Seals the minute `tail` holds: compressed into the instance's
+    /// segment file, indexed, and the tail emptied once the index is on
+    /// disk (a crash before that leaves the tail to seal again).
+    pub(super) fn seal(&self, instance: InstanceId, tail: &mut Tail) -> Result<(), StoreError> {
+        let (Some(minute), Some((first_us, last_us))) = (tail.minute, tail.bounds()) else {
+            return Ok(());
+        };
+        let raw = tail.raw();
+        let frame = compress_block(raw)?;
         let offset = self
             .segments
             .append(instance, Segments::day_of(minute), &frame)?;
@@ -173,25 +110,16 @@ impl SledStore {
             offset,
             len: frame.len() as u64,
             raw_len: raw.len() as u64,
-            first_us: entries.first().map_or(minute, |e| e.0),
-            last_us: entries.last().map_or(minute, |e| e.0),
-            count: entries.len() as u32,
-        }
-        .encode_to_vec();
-        let trees = (&self.samples, &self.sample_blocks);
-        trees
-            .transaction(|(loose, blocks)| {
-                blocks.insert(&key, record.as_slice())?;
-                for (k, _, _) in &samples {
-                    loose.remove(k)?;
-                }
-                Ok(())
-            })
-            .map_err(|e: TransactionError<StoreError>| match e {
-                TransactionError::Abort(e) => e,
-                TransactionError::Storage(e) => StoreError::Sled(e),
-            })?;
-        Ok(true)
+            first_us,
+            last_us,
+            count: u32::try_from(entries(raw).0.len()).unwrap_or(u32::MAX),
+        };
+        self.sample_blocks.insert(
+            keys::instance_time(instance, minute),
+            record.encode_to_vec(),
+        )?;
+        self.sample_blocks.flush()?;
+        tail.sealed(minute)
     }
 
     /// The sealed block of the minute starting at `minute`, as indexed by
@@ -213,7 +141,8 @@ impl SledStore {
         Ok(Arc::new(Block::decode(Bytes::from(raw))?))
     }
 
-    /// The stored value of the sample at exactly `t`, loose or sealed.
+    /// The stored value of the sample at exactly `t`: loose, in the tail
+    /// or sealed.
     pub(super) fn stored_at(
         &self,
         instance: InstanceId,
@@ -221,6 +150,11 @@ impl SledStore {
     ) -> Result<Option<Bytes>, StoreError> {
         if let Some(v) = self.samples.get(keys::instance_time(instance, t))? {
             return compress::unpack(v).map(Some);
+        }
+        if let Some(block) = self.tail_snapshot(instance) {
+            if let Some(v) = block.get(t) {
+                return Ok(Some(v));
+            }
         }
         let minute = minute_of(t);
         let Some(v) = self.sample_blocks.get(keys::instance_time(instance, minute))? else {
@@ -261,6 +195,14 @@ impl SledStore {
             None => None,
         };
         let after = loose.as_ref().map_or(Micros::MIN, |(at, _)| *at);
+        // The tail's minute is after every sealed one.
+        if let Some(block) = self.tail_snapshot(instance) {
+            let i = block.first_from(t.saturating_add(1));
+            if i > 0 && block.entries[i - 1].0 > after {
+                let (at, value) = (block.entries[i - 1].0, block.value(i - 1));
+                return Ok(Some((at, value, Origin::Sealed(block))));
+            }
+        }
         // A minute before the loose sample's holds nothing newer.
         let minutes = Self::instance_range(&self.sample_blocks, instance, minute_of(after), t);
         for entry in minutes.rev() {
@@ -287,21 +229,29 @@ impl SledStore {
             .transpose()
     }
 
-    /// The times of the instance's first and last sealed samples.
+    /// The times of the instance's first and last samples, sealed or in
+    /// its tail.
     pub(super) fn sealed_bounds(
         &self,
         instance: InstanceId,
     ) -> Result<Option<(Micros, Micros)>, StoreError> {
         let mut range = Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX);
-        let Some(first) = range.next() else {
-            return Ok(None);
+        let sealed = match range.next() {
+            None => None,
+            Some(first) => {
+                let first = decode::<SampleBlock>("sample_blocks", &first?.1)?;
+                let last = match range.next_back() {
+                    Some(last) => decode::<SampleBlock>("sample_blocks", &last?.1)?,
+                    None => first.clone(),
+                };
+                Some((first.first_us, last.last_us))
+            }
         };
-        let first = decode::<SampleBlock>("sample_blocks", &first?.1)?;
-        let last = match range.next_back() {
-            Some(last) => decode::<SampleBlock>("sample_blocks", &last?.1)?,
-            None => first.clone(),
-        };
-        Ok(Some((first.first_us, last.last_us)))
+        let tail = self.tail_snapshot(instance).map(|b| (b.entries[0].0, b.entries[b.entries.len() - 1].0));
+        Ok(match (sealed, tail) {
+            (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
+            (a, b) => a.or(b),
+        })
     }
 
     /// The stored samples of `instance` in `[from, to]`, loose and sealed,
@@ -320,6 +270,7 @@ impl SledStore {
                 minute_of(from),
                 to,
             )),
+            tail: self.tail_snapshot(instance),
             block: None,
             done: false,
         }
@@ -362,6 +313,8 @@ pub(super) struct Entries<'a> {
     loose: KeyValues<'a>,
     next_loose: Option<(Micros, sled::IVec)>,
     minutes: KeyValues<'a>,
+    /// The tail, read after the sealed minutes.
+    tail: Option<Arc<Block>>,
     /// The block being read and the index of its next sample.
     block: Option<(Arc<Block>, usize)>,
     done: bool,
@@ -388,16 +341,21 @@ impl Entries<'_> {
                 }
             }
             self.block = None;
-            let Some(entry) = self.minutes.next() else {
-                return Ok(());
+            let block = match self.minutes.next() {
+                Some(entry) => {
+                    let (k, v) = entry?;
+                    let record = decode::<SampleBlock>("sample_blocks", &v)?;
+                    if record.last_us < self.from {
+                        continue;
+                    }
+                    let minute = keys::time_of_instance_key(&k);
+                    self.store.read_block(self.instance, minute, &record)?
+                }
+                None => match self.tail.take() {
+                    Some(block) => block,
+                    None => return Ok(()),
+                },
             };
-            let (k, v) = entry?;
-            let record = decode::<SampleBlock>("sample_blocks", &v)?;
-            if record.last_us < self.from {
-                continue;
-            }
-            let minute = keys::time_of_instance_key(&k);
-            let block = self.store.read_block(self.instance, minute, &record)?;
             let i = block.first_from(self.from);
             self.block = Some((block, i));
         }
@@ -450,9 +408,38 @@ fn compress_block(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
     compress().map_err(|_| StoreError::Unpack("sealed block"))
 }
 
+/// Appends the sample at `t`, its `value`, to `out` as a block's entry;
+/// `prev` is the time of the entry before it (0 for the first).
+pub(super) fn encode_entry(out: &mut Vec<u8>, prev: Micros, t: Micros, value: &[u8]) {
+    encode_varint(zigzag(t.wrapping_sub(prev)), out);
+    encode_varint(value.len() as u64, out);
+    out.extend_from_slice(value);
+}
+
+/// The entries of a block's bytes in the order written, and how many of
+/// the bytes they take: an entry cut short at the end is left out.
+pub(super) fn entries(bytes: &[u8]) -> (Vec<(Micros, Range<usize>)>, usize) {
+    let mut entries = Vec::new();
+    let (mut rest, mut t, mut whole) = (bytes, 0i64, 0);
+    while !rest.is_empty() {
+        let Ok(delta) = decode_varint(&mut rest) else { break };
+        let Ok(len) = decode_varint(&mut rest) else { break };
+        let Ok(len) = usize::try_from(len) else { break };
+        if len > rest.len() {
+            break;
+        }
+        t = t.wrapping_add(unzigzag(delta));
+        let start = bytes.len() - rest.len();
+        rest = &rest[len..];
+        whole = start + len;
+        entries.push((t, start..whole));
+    }
+    (entries, whole)
+}
+
 /// The start of the minute `t` falls in; the earliest time for one that
 /// has no minute start before it.
-fn minute_of(t: Micros) -> Micros {
+pub(super) fn minute_of(t: Micros) -> Micros {
     t.checked_sub(t.rem_euclid(Resolution::Minute.span()))
         .unwrap_or(Micros::MIN)
 }
@@ -515,51 +502,88 @@ mod tests {
     fn a_late_sample_stays_loose_and_reads_in_time_order() {
         let (_dir, store) = temp_store();
         let id = store.instance_id("host", "5432").unwrap();
-        let samples = population(151);
+        let samples = population(152);
         let at: Vec<(i64, &StoredSample)> = (0..150).map(|i| (i, &samples[i as usize])).collect();
         append(&store, id, &at);
         assert_eq!(store.sample_blocks.len(), 2);
-        // Half a second into the first, sealed, minute: kept on its own.
-        let late = Append {
-            instance: id,
-            sampled_at: T0 + 30 * SECOND + SECOND / 2,
-            sample: samples[150].clone(),
-            ..Default::default()
-        };
-        assert!(store.append(&late).unwrap());
+        // Half a second into the first, sealed, minute; then into the
+        // second: both kept on their own.
+        for (i, s) in [(150, 30), (151, 90)] {
+            let late = Append {
+                instance: id,
+                sampled_at: T0 + s * SECOND + SECOND / 2,
+                sample: samples[i].clone(),
+                ..Default::default()
+            };
+            assert!(store.append(&late).unwrap());
+            assert!(!store.append(&late).unwrap(), "stored twice");
+        }
         assert_eq!(store.sample_blocks.len(), 2);
-        assert_eq!(store.samples.len(), 31);
+        assert_eq!(store.samples.len(), 2);
+        assert_eq!(store.tail_snapshot(id).unwrap().len(), 30);
 
         let got = times(&store, id);
-        assert_eq!(got.len(), 151);
+        assert_eq!(got.len(), 152);
         assert!(got.windows(2).all(|w| w[0] < w[1]), "not in time order");
-        let (at, sample) = store.sample_at(id, late.sampled_at + 1).unwrap().unwrap();
-        assert_eq!((at, sample.seq), (late.sampled_at, 150));
-        let (at, sample) = store.sample_at(id, late.sampled_at - 1).unwrap().unwrap();
+        let late = T0 + 30 * SECOND + SECOND / 2;
+        let (at, sample) = store.sample_at(id, late + 1).unwrap().unwrap();
+        assert_eq!((at, sample.seq), (late, 150));
+        let (at, sample) = store.sample_at(id, late - 1).unwrap().unwrap();
         assert_eq!((at, sample.seq), (T0 + 30 * SECOND, 30));
         let (at, sample) = store.sample_at(id, T0 + 59 * SECOND + 1).unwrap().unwrap();
         assert_eq!((at, sample.seq), (T0 + 59 * SECOND, 59));
-        assert!(store.has_sample(id, T0 + 59 * SECOND).unwrap());
-        assert!(store.has_sample(id, late.sampled_at).unwrap());
+        let (at, sample) = store.sample_at(id, T0 + 130 * SECOND).unwrap().unwrap();
+        assert_eq!((at, sample.seq), (T0 + 130 * SECOND, 130));
+        for t in [T0 + 59 * SECOND, late, T0 + 149 * SECOND] {
+            assert!(store.has_sample(id, t).unwrap());
+        }
         assert!(!store.has_sample(id, T0 + 59 * SECOND + 1).unwrap());
         assert_eq!(
             store.sample_bounds(id).unwrap(),
             Some((T0, T0 + 149 * SECOND))
         );
 
-        // The next minute seals the third; the late sample stays loose.
+        // The next minute seals the third.
         append(&store, id, &[(180, &samples[0])]);
         assert_eq!(store.sample_blocks.len(), 3);
-        assert_eq!(store.samples.len(), 2);
-        assert_eq!(times(&store, id).len(), 152);
+        assert_eq!(times(&store, id).len(), 153);
     }
 
     #[test]
-    fn loose_minutes_left_from_before_are_sealed_a_few_per_append() {
+    fn the_tail_outlives_a_crash_and_a_torn_write() {
         let (dir, store) = temp_store();
         let id = store.instance_id("host", "5432").unwrap();
-        let samples = population(10);
-        // Ten minutes of one keyframe each, stored as a format-2 build did.
+        let samples = population(31);
+        let at: Vec<(i64, &StoredSample)> = (0..30).map(|i| (i, &samples[i as usize])).collect();
+        append(&store, id, &at);
+        store.flush().unwrap();
+        let before = store.samples(id, Micros::MIN, Micros::MAX).unwrap();
+        assert_eq!(before.len(), 30);
+        drop(store);
+        // The start of a sample the crash cut short.
+        let log = dir.path().join("segments").join(id.to_string()).join("open.log");
+        let mut bytes = std::fs::read(&log).unwrap();
+        let whole = bytes.len();
+        bytes.extend_from_slice(&[2, 200, 1, 8]);
+        std::fs::write(&log, &bytes).unwrap();
+
+        let store = reopen(dir.path());
+        assert_eq!(store.samples(id, Micros::MIN, Micros::MAX).unwrap(), before);
+        assert_eq!(std::fs::metadata(&log).unwrap().len(), whole as u64);
+        append(&store, id, &[(30, &samples[30]), (60, &samples[0])]);
+        assert_eq!(store.sample_blocks.len(), 1);
+        let all = store.samples(id, Micros::MIN, Micros::MAX).unwrap();
+        assert_eq!(all.len(), 32);
+        assert_eq!(all[..30], before[..]);
+        assert_eq!(all[30].1.seq, 30);
+    }
+
+    #[test]
+    fn samples_stored_on_their_own_by_an_older_build_read_with_sealed_ones() {
+        let (dir, store) = temp_store();
+        let id = store.instance_id("host", "5432").unwrap();
+        let samples = population(3);
+        // Three minutes of one keyframe each, as a format-2 build wrote them.
         for (i, sample) in samples.iter().enumerate() {
             let mut stored = sample.clone();
             stored.keyframe = true;
@@ -569,16 +593,11 @@ mod tests {
         let before = store.samples(id, Micros::MIN, Micros::MAX).unwrap();
         drop(store);
         let store = reopen(dir.path());
-        let next = &samples[0];
-        append(&store, id, &[(600, next)]);
-        assert_eq!(store.sample_blocks.len(), AT_ONCE);
-        append(&store, id, &[(601, next)]);
-        assert_eq!(store.sample_blocks.len(), 2 * AT_ONCE);
-        append(&store, id, &[(602, next)]);
-        assert_eq!(store.sample_blocks.len(), 10);
-        assert_eq!(store.samples.len(), 3);
-        let after = store.samples(id, Micros::MIN, T0 + 599 * SECOND).unwrap();
-        assert_eq!(after, before);
+        append(&store, id, &[(180, &samples[0]), (240, &samples[1])]);
+        let all = store.samples(id, Micros::MIN, Micros::MAX).unwrap();
+        assert_eq!(all.len(), 5);
+        assert_eq!(all[..3], before[..]);
+        assert_eq!(store.sample_blocks.len(), 1);
     }
 
     #[test]
@@ -589,7 +608,11 @@ mod tests {
         // A sample every ten minutes for two days.
         let at: Vec<(i64, &StoredSample)> = (0..288).map(|i| (i * 600, &samples[0])).collect();
         append(&store, id, &at);
-        let files = || std::fs::read_dir(dir.path().join("segments").join(id.to_string())).unwrap().count();
+        let files = || {
+            let dir = std::fs::read_dir(dir.path().join("segments").join(id.to_string())).unwrap();
+            dir.filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "seg"))
+                .count()
+        };
         assert_eq!(files(), 3, "the days the samples fell on");
         let second_day = (Segments::day_of(T0) + 1) * DAY;
         let cut = second_day + 3_600 * SECOND;

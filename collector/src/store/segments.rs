@@ -1,6 +1,7 @@
 //! Append-only files of compressed blocks, one per instance and day, beside
 //! sled: `segments/<instance>/<day>.seg`, the day counted from the Unix
-//! epoch. A block is written once, synced to disk before anything refers
+//! epoch; and each instance's tail log, `segments/<instance>/open.log`
+//! ([`super::tail`]). A block is written once, synced to disk before anything refers
 //! to it, and read back by offset and length; sled holds the index
 //! ([`super::sealed`]). A crash between a block's write and its index entry
 //! leaves bytes nothing refers to at the end of a file, which reads never
@@ -70,6 +71,24 @@ impl Segments {
         write().map_err(|e| failed(&path, e))
     }
 
+    /// The instance's tail log ([`super::tail`]), opened for appending
+    /// (created if missing), its path and its bytes.
+    pub fn open_log(&self, instance: InstanceId) -> Result<(File, PathBuf, Vec<u8>), StoreError> {
+        let dir = self.instance_dir(instance);
+        let path = dir.join("open.log");
+        let open = || -> io::Result<(File, Vec<u8>)> {
+            let created = !path.exists();
+            fs::create_dir_all(&dir)?;
+            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            if created {
+                File::open(&dir)?.sync_all()?;
+            }
+            Ok((file, fs::read(&path)?))
+        };
+        let (file, bytes) = open().map_err(|e| failed(&path, e))?;
+        Ok((file, path, bytes))
+    }
+
     /// The `len` bytes at `offset` of the instance's file of `day`.
     pub fn read(
         &self,
@@ -119,6 +138,7 @@ impl Segments {
             let dir = instance.map_err(|e| failed(&self.dir, e))?.path();
             for file in fs::read_dir(&dir).map_err(|e| failed(&dir, e))? {
                 let file = file.map_err(|e| failed(&dir, e))?;
+                // Counted: tails too, a minute per instance.
                 total += file.metadata().map_err(|e| failed(&file.path(), e))?.len();
             }
         }

@@ -1,6 +1,6 @@
 //! [`Store`] on sled: one `Db` per process, one tree per record kind.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -12,12 +12,15 @@ use sled::{Transactional, Tree};
 
 use super::chain::{corrupt, parse_bytes};
 use super::closed::{self, decode_closed};
+use super::compress;
 use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::identities::{self, Identities};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::open::{OpenRollup, OpenRollups};
+use super::sealed::Block;
 use super::segments::Segments;
+use super::tail::Tail;
 use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
@@ -50,8 +53,8 @@ pub struct SledStore {
     pub(super) sample_blocks: Tree,
     /// The files of sealed samples.
     pub(super) segments: Segments,
-    /// Instances with whole minutes of loose samples still to seal.
-    unsealed: std::sync::Mutex<HashSet<InstanceId>>,
+    /// Per instance, the minute of samples being written.
+    tails: RwLock<HashMap<InstanceId, Arc<std::sync::Mutex<Tail>>>>,
     facts: Tree,
     rollups: Tree,
     rollup_maps: Tree,
@@ -88,7 +91,7 @@ impl SledStore {
             samples: tree("samples")?,
             sample_blocks: tree("sample_blocks")?,
             segments: Segments::open(dir)?,
-            unsealed: std::sync::Mutex::new(HashSet::new()),
+            tails: RwLock::new(HashMap::new()),
             facts: tree("facts")?,
             rollups: tree("rollups")?,
             rollup_maps: tree("rollup_maps")?,
@@ -130,7 +133,11 @@ impl SledStore {
             let record = decode::<InstanceRecord>("instances", &value)?;
             ids.insert(record.id, key.to_vec());
         }
+        let registered: Vec<InstanceId> = ids.keys().copied().collect();
         drop(ids);
+        for id in registered {
+            store.tail(id)?;
+        }
         Ok(store)
     }
 
@@ -151,30 +158,36 @@ impl SledStore {
         tree.range(keys::instance_time(id, from)..=keys::instance_time(id, to))
     }
 
-    /// Seals the instance's whole minutes of loose samples when a sample at
-    /// `t` starts a new minute in order, or when some were left over.
-    fn seal_if_due(&self, instance: InstanceId, t: Micros) -> Result<(), StoreError> {
-        let starts_minute = self
-            .chains
-            .lock()
-            .expect("not poisoned")
-            .get(&instance)
-            .is_none_or(|(last, _)| {
-                *last < t && Resolution::Minute.start_of(*last) != Resolution::Minute.start_of(t)
-            });
-        let mut unsealed = self.unsealed.lock().expect("not poisoned");
-        if !starts_minute && !unsealed.contains(&instance) {
-            return Ok(());
+    /// The instance's tail, opened (from its log, after a crash) on first
+    /// use.
+    fn tail(&self, instance: InstanceId) -> Result<Arc<std::sync::Mutex<Tail>>, StoreError> {
+        if let Some(tail) = self.tails.read().expect("not poisoned").get(&instance) {
+            return Ok(tail.clone());
         }
-        drop(unsealed);
-        let left = self.seal_before(instance, Resolution::Minute.start_of(t))?;
-        unsealed = self.unsealed.lock().expect("not poisoned");
-        if left {
-            unsealed.insert(instance);
-        } else {
-            unsealed.remove(&instance);
+        let mut tails = self.tails.write().expect("not poisoned");
+        if let Some(tail) = tails.get(&instance) {
+            return Ok(tail.clone());
         }
-        Ok(())
+        let sealed_through = Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX)
+            .next_back()
+            .transpose()?
+            .map(|(k, _)| keys::time_of_instance_key(&k));
+        let (file, path, raw) = self.segments.open_log(instance)?;
+        let mut tail = Tail::new(file, path, raw, sealed_through)?;
+        if tail.minute.is_some_and(|m| sealed_through.is_some_and(|s| m <= s)) {
+            // Sealed before a crash kept the log from being emptied.
+            tail.sealed(sealed_through.expect("checked"))?;
+        }
+        let tail = Arc::new(std::sync::Mutex::new(tail));
+        tails.insert(instance, tail.clone());
+        Ok(tail)
+    }
+
+    /// The instance's tail as a block, if it holds a sample.
+    pub(super) fn tail_snapshot(&self, instance: InstanceId) -> Option<Arc<Block>> {
+        let tail = self.tails.read().expect("not poisoned").get(&instance)?.clone();
+        let mut tail = tail.lock().expect("not poisoned");
+        tail.snapshot()
     }
 
     /// A stored rollup from its head (in `rollups`, under `key`) and its
@@ -356,9 +369,28 @@ impl Store for SledStore {
             .get(&a.instance)
             .cloned()
             .expect("instance registered before append");
-        self.seal_if_due(a.instance, a.sampled_at)?;
+        let tail = self.tail(a.instance)?;
+        let mut tail = tail.lock().expect("not poisoned");
+        // A sample of a minute before the tail's (or sealed) is late: stored
+        // on its own in `samples`.
+        let minute = Resolution::Minute.start_of(a.sampled_at);
+        let late = tail.sealed_through.is_some_and(|s| minute <= s)
+            || tail.minute.is_some_and(|m| minute < m);
+        if !late {
+            if tail.has(a.sampled_at) {
+                return Ok(false);
+            }
+            if tail.minute.is_some_and(|m| minute > m) {
+                self.seal(a.instance, &mut tail)?;
+            }
+        }
         let sample_key = keys::instance_time(a.instance, a.sampled_at);
         let (sample, rows) = self.encode_sample(a);
+        let (loose, in_tail) = if late {
+            (Some(compress::pack(sample, compress::KEYFRAME_LEVEL)), None)
+        } else {
+            (None, Some(sample))
+        };
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
         let writing: Vec<(Resolution, Micros)> = a
             .rollups
@@ -424,10 +456,12 @@ impl Store for SledStore {
         );
         let result = trees.transaction(
             |(samples, facts_t, rollups_t, maps_t, episodes, open, queries, instances, idents)| {
-                if samples.get(sample_key)?.is_some() {
-                    return Ok(false);
+                if let Some(value) = &loose {
+                    if samples.get(sample_key)?.is_some() {
+                        return Ok(false);
+                    }
+                    samples.insert(&sample_key, value.as_slice())?;
                 }
-                samples.insert(&sample_key, sample.as_slice())?;
                 for (id, text) in &a.texts {
                     let key = id.to_be_bytes();
                     if queries.get(key)?.is_none() {
@@ -473,6 +507,10 @@ impl Store for SledStore {
             TransactionError::Storage(e) => StoreError::Sled(e),
         })?;
         if stored {
+            if let Some(value) = &in_tail {
+                tail.push(a.sampled_at, value)?;
+            }
+            drop(tail);
             self.known_identities.settle(&new_identities);
             if !a.texts.is_empty() {
                 self.texts.put(a.texts.iter().map(|(id, text)| (*id, text)));
@@ -500,6 +538,10 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
+        let tails: Vec<_> = self.tails.read().expect("not poisoned").values().cloned().collect();
+        for tail in tails {
+            tail.lock().expect("not poisoned").sync()?;
+        }
         Ok(())
     }
 
