@@ -12,12 +12,13 @@
 //! Baselines in the same run, on the same snapshots: the bytes the agent
 //! sends (prost, texts once per stream), and the bytes of only the rows
 //! that changed since the previous sample (a row-level delta, full rows).
-//! Floors, from the stored records themselves: the samples' values
-//! compressed together a minute at a time (zstd 9) and ten minutes at a
-//! time (zstd 19) instead of each on its own, the closed episodes a
-//! thousand at a time; the same records written again into a fresh sled
-//! store; and what sled's amplification on this run would make of the
-//! smallest of those logical sizes.
+//! The store is sled plus the segment files of sealed samples (a minute
+//! per zstd frame); both are reported. Floors, from the stored records
+//! themselves: the sealed samples recompressed ten minutes at a time (zstd
+//! 19) instead of a minute, the closed episodes a thousand at a time; the
+//! same sled records written again into a fresh sled store; and what
+//! sled's amplification on this run would make of the smallest of those
+//! sizes, and what they are without sled.
 //!
 //! A full day is 86,400 samples; `--hours` simulates a shorter stretch
 //! (default 24; `--quick` 0.25) and the report extrapolates linearly to a
@@ -117,9 +118,11 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
         "{samples} samples ({hours} h at 1 s) of {sessions} client backends = {session_samples:.0} session-samples; ingest took {wall:.0} s wall, {cpu_s:.0} s CPU (simulation included), median {:.2} ms per ingest\n",
         median(&append_ns) / 1e6
     );
+    let segments = blocks.sealed;
+    let sled_bytes = size_on_disk - segments;
     let mut rows = vec![
         vec![
-            "sled size_on_disk".into(),
+            "store size_on_disk (sled and segment files)".into(),
             format!("{:.1} MiB", common::mib(size_on_disk)),
             format!("{:.1}", per(size_on_disk)),
         ],
@@ -127,6 +130,16 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
             "files' allocated blocks".into(),
             format!("{:.1} MiB", common::mib(allocated)),
             format!("{:.1}", per(allocated)),
+        ],
+        vec![
+            "segment files: sealed samples, a minute per zstd frame, and tails".into(),
+            format!("{:.1} MiB", common::mib(segments)),
+            format!("{:.2}", per(segments)),
+        ],
+        vec![
+            "sled".into(),
+            format!("{:.1} MiB", common::mib(sled_bytes)),
+            format!("{:.1}", per(sled_bytes)),
         ],
     ];
     let logical: u64 = trees.iter().map(|t| t.1).sum();
@@ -148,8 +161,10 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
         format!("{:.1}", per(rewritten)),
     ]);
     for (what, bytes) in [
-        ("samples a minute at a time, zstd 9", blocks.minutes),
-        ("samples ten minutes at a time, zstd 19", blocks.ten_minutes),
+        (
+            "sealed samples ten minutes at a time, zstd 19",
+            blocks.ten_minutes,
+        ),
         (
             "closed episodes (keys and values) a thousand at a time, zstd 9",
             blocks.episodes,
@@ -161,17 +176,21 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
             format!("{:.2}", per(bytes)),
         ]);
     }
-    // Everything else as it is stored, samples and episodes at their
-    // smallest, in sled at this run's amplification.
-    let amplification = size_on_disk as f64 / logical as f64;
-    let smallest = logical - blocks.samples_logical - blocks.episodes_logical
-        + blocks.ten_minutes
-        + blocks.episodes;
-    let floor = smallest as f64 * amplification;
+    // Samples and episodes at their smallest, the rest as stored, once in
+    // sled at this run's amplification and once without it.
+    let amplification = sled_bytes as f64 / logical as f64;
+    let rest = (logical - blocks.episodes_logical + blocks.episodes) as f64;
+    let floor = blocks.ten_minutes as f64 + rest * amplification;
+    let bare = blocks.ten_minutes as f64 + rest;
     rows.push(vec![
-        format!("floor: those in sled at this run's amplification ({amplification:.2}×)"),
+        format!("floor: those, sled's part at this run's amplification ({amplification:.2}×)"),
         format!("{:.1} MiB", floor / (1u64 << 20) as f64),
         format!("{:.1}", floor / session_samples),
+    ]);
+    rows.push(vec![
+        "floor: those without sled's amplification".into(),
+        format!("{:.1} MiB", bare / (1u64 << 20) as f64),
+        format!("{:.1}", bare / session_samples),
     ]);
     rows.push(vec![
         "baseline: agent's wire bytes".into(),
@@ -193,13 +212,16 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
         String::new()
     };
     println!(
-        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B, logical {:.1} B per session-sample; floor in sled {:.1} B",
+        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B; segment files {:.1} B, sled {:.1} B ({:.1} B logical); floor {:.1} B with sled, {:.1} B without",
         per(size_on_disk),
         per(size_on_disk) / 10.0,
         per(wire),
         per(delta),
+        per(segments),
+        per(sled_bytes),
         per(logical),
         floor / session_samples,
+        bare / session_samples,
     );
     println!();
     Ok(())
@@ -254,11 +276,10 @@ fn allocated_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// The stored samples and closed episodes compressed in blocks rather than
-/// one value at a time, with their logical sizes as stored.
+/// The sealed samples and the closed episodes, as stored and compressed in
+/// larger blocks.
 struct Blocks {
-    samples_logical: u64,
-    minutes: u64,
+    sealed: u64,
     ten_minutes: u64,
     episodes_logical: u64,
     episodes: u64,
@@ -266,15 +287,26 @@ struct Blocks {
 
 impl Blocks {
     fn of(dir: &Path) -> anyhow::Result<Blocks> {
-        let db = sled::open(dir)?;
-        // Keys are instance u32 · time; one instance, so key order is time
-        // order and every 60 values are a minute.
-        let (mut samples_logical, mut raw) = (0u64, Vec::new());
-        for kv in db.open_tree("samples")?.iter() {
-            let (k, v) = kv?;
-            samples_logical += (k.len() + v.len()) as u64;
-            raw.push(pgtrail_collector::store::unpack(v)?.to_vec());
+        // One instance: its day files hold its minutes in time order, one
+        // zstd frame each, which decode as one stream.
+        let (mut sealed, mut frames, mut minutes) = (0u64, Vec::new(), 0u64);
+        for instance in std::fs::read_dir(dir.join("segments"))? {
+            let mut files: Vec<_> = std::fs::read_dir(instance?.path())?
+                .map(|f| f.map(|f| f.path()))
+                .collect::<Result<_, _>>()?;
+            files.sort();
+            for file in files {
+                let bytes = std::fs::read(&file)?;
+                sealed += bytes.len() as u64;
+                if file.extension().is_some_and(|e| e == "seg") {
+                    frames.extend(zstd::stream::decode_all(&bytes[..])?);
+                    minutes += count_frames(&bytes)?;
+                }
+            }
         }
+        let per_ten = (frames.len() as u64 * 10 / minutes.max(1)).max(1) as usize;
+        let ten: Vec<Vec<u8>> = frames.chunks(per_ten).map(<[u8]>::to_vec).collect();
+        let db = sled::open(dir)?;
         let (mut episodes_logical, mut episodes) = (0u64, Vec::new());
         for kv in db.open_tree("episodes")?.iter() {
             let (k, v) = kv?;
@@ -282,13 +314,24 @@ impl Blocks {
             episodes.push([&k[..], &v[..]].concat());
         }
         Ok(Blocks {
-            samples_logical,
-            minutes: compressed_in_blocks(&raw, 60, 9)?,
-            ten_minutes: compressed_in_blocks(&raw, 600, 19)?,
+            sealed,
+            ten_minutes: compressed_in_blocks(&ten, 1, 19)?,
             episodes_logical,
             episodes: compressed_in_blocks(&episodes, 1000, 9)?,
         })
     }
+}
+
+/// How many zstd frames `bytes` holds, one after the other.
+fn count_frames(mut bytes: &[u8]) -> anyhow::Result<u64> {
+    let mut n = 0;
+    while !bytes.is_empty() {
+        let len = zstd::zstd_safe::find_frame_compressed_size(bytes)
+            .map_err(|code| anyhow::anyhow!("not a zstd frame ({code})"))?;
+        bytes = &bytes[len..];
+        n += 1;
+    }
+    Ok(n)
 }
 
 /// The bytes of `values` compressed `per_block` at a time at `level`.

@@ -32,8 +32,8 @@ use super::compress;
 use super::keys::{self, InstanceId, Resolution};
 use super::records::SampleBlock;
 use super::segments::Segments;
-use super::tail::Tail;
 use super::sled::{decode, SledStore};
+use super::tail::Tail;
 use super::StoreError;
 
 /// zstd's level for a sealed minute: a few milliseconds of one core per
@@ -64,6 +64,7 @@ impl Block {
     }
 
     /// How many samples it holds.
+    #[cfg(test)]
     pub(super) fn len(&self) -> usize {
         self.entries.len()
     }
@@ -157,7 +158,10 @@ impl SledStore {
             }
         }
         let minute = minute_of(t);
-        let Some(v) = self.sample_blocks.get(keys::instance_time(instance, minute))? else {
+        let Some(v) = self
+            .sample_blocks
+            .get(keys::instance_time(instance, minute))?
+        else {
             return Ok(None);
         };
         let record = decode::<SampleBlock>("sample_blocks", &v)?;
@@ -187,7 +191,8 @@ impl SledStore {
         instance: InstanceId,
         t: Micros,
     ) -> Result<Option<(Micros, Bytes, Origin)>, StoreError> {
-        let loose = match Self::instance_range(&self.samples, instance, Micros::MIN, t).next_back() {
+        let loose = match Self::instance_range(&self.samples, instance, Micros::MIN, t).next_back()
+        {
             Some(entry) => {
                 let (k, v) = entry?;
                 Some((keys::time_of_instance_key(&k), v))
@@ -235,7 +240,8 @@ impl SledStore {
         &self,
         instance: InstanceId,
     ) -> Result<Option<(Micros, Micros)>, StoreError> {
-        let mut range = Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX);
+        let mut range =
+            Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX);
         let sealed = match range.next() {
             None => None,
             Some(first) => {
@@ -247,7 +253,9 @@ impl SledStore {
                 Some((first.first_us, last.last_us))
             }
         };
-        let tail = self.tail_snapshot(instance).map(|b| (b.entries[0].0, b.entries[b.entries.len() - 1].0));
+        let tail = self
+            .tail_snapshot(instance)
+            .map(|b| (b.entries[0].0, b.entries[b.entries.len() - 1].0));
         Ok(match (sealed, tail) {
             (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
             (a, b) => a.or(b),
@@ -256,7 +264,12 @@ impl SledStore {
 
     /// The stored samples of `instance` in `[from, to]`, loose and sealed,
     /// in time order.
-    pub(super) fn sample_entries(&self, instance: InstanceId, from: Micros, to: Micros) -> Entries<'_> {
+    pub(super) fn sample_entries(
+        &self,
+        instance: InstanceId,
+        from: Micros,
+        to: Micros,
+    ) -> Entries<'_> {
         Entries {
             store: self,
             instance,
@@ -286,7 +299,12 @@ impl SledStore {
     ) -> Result<u64, StoreError> {
         let mut removed = 0;
         let mut batch = sled::Batch::default();
-        for entry in Self::instance_range(&self.sample_blocks, instance, Micros::MIN, before.saturating_sub(1)) {
+        for entry in Self::instance_range(
+            &self.sample_blocks,
+            instance,
+            Micros::MIN,
+            before.saturating_sub(1),
+        ) {
             let (k, v) = entry?;
             removed += u64::from(decode::<SampleBlock>("sample_blocks", &v)?.count);
             batch.remove(k);
@@ -422,8 +440,12 @@ pub(super) fn entries(bytes: &[u8]) -> (Vec<(Micros, Range<usize>)>, usize) {
     let mut entries = Vec::new();
     let (mut rest, mut t, mut whole) = (bytes, 0i64, 0);
     while !rest.is_empty() {
-        let Ok(delta) = decode_varint(&mut rest) else { break };
-        let Ok(len) = decode_varint(&mut rest) else { break };
+        let Ok(delta) = decode_varint(&mut rest) else {
+            break;
+        };
+        let Ok(len) = decode_varint(&mut rest) else {
+            break;
+        };
         let Ok(len) = usize::try_from(len) else { break };
         if len > rest.len() {
             break;
@@ -561,7 +583,11 @@ mod tests {
         assert_eq!(before.len(), 30);
         drop(store);
         // The start of a sample the crash cut short.
-        let log = dir.path().join("segments").join(id.to_string()).join("open.log");
+        let log = dir
+            .path()
+            .join("segments")
+            .join(id.to_string())
+            .join("open.log");
         let mut bytes = std::fs::read(&log).unwrap();
         let whole = bytes.len();
         bytes.extend_from_slice(&[2, 200, 1, 8]);
@@ -610,8 +636,14 @@ mod tests {
         append(&store, id, &at);
         let files = || {
             let dir = std::fs::read_dir(dir.path().join("segments").join(id.to_string())).unwrap();
-            dir.filter(|f| f.as_ref().unwrap().path().extension().is_some_and(|e| e == "seg"))
-                .count()
+            dir.filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "seg")
+            })
+            .count()
         };
         assert_eq!(files(), 3, "the days the samples fell on");
         let second_day = (Segments::day_of(T0) + 1) * DAY;
@@ -619,7 +651,11 @@ mod tests {
         store.expire(id, cut, T0).unwrap();
         assert_eq!(files(), 2);
         let left = times(&store, id);
-        assert!(left[0] >= Resolution::Minute.start_of(cut), "{} left", left.len());
+        assert!(
+            left[0] >= Resolution::Minute.start_of(cut),
+            "{} left",
+            left.len()
+        );
         assert!(left[0] < cut + 600 * SECOND);
         assert_eq!(*left.last().unwrap(), T0 + 287 * 600 * SECOND);
     }
@@ -632,12 +668,19 @@ mod tests {
         append(&store, id, &[(0, &samples[0]), (1, &samples[1])]);
         // A block written before a crash that kept sled from indexing it.
         let day = Segments::day_of(T0);
-        store.segments.append(id, day, b"written, never indexed").unwrap();
+        store
+            .segments
+            .append(id, day, b"written, never indexed")
+            .unwrap();
         append(&store, id, &[(60, &samples[2])]);
         let (at, got) = store.sample_at(id, T0 + SECOND).unwrap().unwrap();
         assert_eq!((at, got.seq), (T0 + SECOND, 1));
 
-        let path = dir.path().join("segments").join(id.to_string()).join(format!("{day}.seg"));
+        let path = dir
+            .path()
+            .join("segments")
+            .join(id.to_string())
+            .join(format!("{day}.seg"));
         let mut bytes = std::fs::read(&path).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 0xff;
@@ -645,6 +688,12 @@ mod tests {
         let err = store.samples(id, T0, T0 + SECOND).unwrap_err();
         assert!(matches!(err, StoreError::Unpack(_)), "{err}");
         // The loose minute still reads.
-        assert_eq!(store.samples(id, T0 + 60 * SECOND, Micros::MAX).unwrap().len(), 1);
+        assert_eq!(
+            store
+                .samples(id, T0 + 60 * SECOND, Micros::MAX)
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

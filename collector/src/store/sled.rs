@@ -18,13 +18,13 @@ use super::expire::{remove_range, ALL_EPISODE_KINDS};
 use super::identities::{self, Identities};
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::open::{OpenRollup, OpenRollups};
-use super::sealed::Block;
-use super::segments::Segments;
-use super::tail::Tail;
 use super::records::{
     EpisodeRecord, EpisodeRollup, EpisodeSpan, InstanceRecord, PeakRollup, Rollup, StoredSample,
 };
+use super::sealed::Block;
+use super::segments::Segments;
 use super::split::{head, split, Split};
+use super::tail::Tail;
 use super::texts::TextCache;
 use super::{Append, EpisodeFilter, Store, StoreError};
 
@@ -168,13 +168,17 @@ impl SledStore {
         if let Some(tail) = tails.get(&instance) {
             return Ok(tail.clone());
         }
-        let sealed_through = Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX)
-            .next_back()
-            .transpose()?
-            .map(|(k, _)| keys::time_of_instance_key(&k));
+        let sealed_through =
+            Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX)
+                .next_back()
+                .transpose()?
+                .map(|(k, _)| keys::time_of_instance_key(&k));
         let (file, path, raw) = self.segments.open_log(instance)?;
         let mut tail = Tail::new(file, path, raw, sealed_through)?;
-        if tail.minute.is_some_and(|m| sealed_through.is_some_and(|s| m <= s)) {
+        if tail
+            .minute
+            .is_some_and(|m| sealed_through.is_some_and(|s| m <= s))
+        {
             // Sealed before a crash kept the log from being emptied.
             tail.sealed(sealed_through.expect("checked"))?;
         }
@@ -185,7 +189,12 @@ impl SledStore {
 
     /// The instance's tail as a block, if it holds a sample.
     pub(super) fn tail_snapshot(&self, instance: InstanceId) -> Option<Arc<Block>> {
-        let tail = self.tails.read().expect("not poisoned").get(&instance)?.clone();
+        let tail = self
+            .tails
+            .read()
+            .expect("not poisoned")
+            .get(&instance)?
+            .clone();
         let mut tail = tail.lock().expect("not poisoned");
         tail.snapshot()
     }
@@ -538,7 +547,13 @@ impl Store for SledStore {
 
     fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
-        let tails: Vec<_> = self.tails.read().expect("not poisoned").values().cloned().collect();
+        let tails: Vec<_> = self
+            .tails
+            .read()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
         for tail in tails {
             tail.lock().expect("not poisoned").sync()?;
         }
