@@ -309,9 +309,11 @@ impl SledStore {
             removed += u64::from(decode::<SampleBlock>("sample_blocks", &v)?.count);
             batch.remove(k);
         }
-        self.sample_blocks.apply_batch(batch)?;
-        // Nothing may refer to a file when it goes.
-        self.sample_blocks.flush()?;
+        if removed > 0 {
+            self.sample_blocks.apply_batch(batch)?;
+            // Nothing may refer to a file when it goes.
+            self.sample_blocks.flush()?;
+        }
         self.segments
             .remove_before(instance, Segments::day_of(before))?;
         Ok(removed)

@@ -555,7 +555,13 @@ impl Store for SledStore {
             .cloned()
             .collect();
         for tail in tails {
-            tail.lock().expect("not poisoned").sync()?;
+            let Some((file, path)) = tail.lock().expect("not poisoned").take_unsynced() else {
+                continue;
+            };
+            file.sync_data().map_err(|source| StoreError::Segment {
+                path: path.display().to_string(),
+                source,
+            })?;
         }
         Ok(())
     }

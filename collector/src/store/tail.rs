@@ -30,7 +30,7 @@ pub(super) struct Tail {
     pub sealed_through: Option<Micros>,
     /// The start of the minute being written, while it has a sample.
     pub minute: Option<Micros>,
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     /// The file's bytes.
     raw: Vec<u8>,
@@ -56,7 +56,7 @@ impl Tail {
         let mut tail = Tail {
             sealed_through,
             minute: None,
-            file,
+            file: Arc::new(file),
             path,
             raw,
             entries: Vec::new(),
@@ -89,7 +89,9 @@ impl Tail {
     pub fn push(&mut self, t: Micros, value: &[u8]) -> Result<(), StoreError> {
         let start = self.raw.len();
         sealed::encode_entry(&mut self.raw, self.last_written, t, value);
-        if let Err(e) = self.file.write_all(&self.raw[start..]) {
+        if let Err(e) = (&*self.file).write_all(&self.raw[start..]) {
+            // What did get written would misalign every entry after it.
+            let _ = self.file.set_len(start as u64);
             self.raw.truncate(start);
             return Err(self.failed(e));
         }
@@ -104,13 +106,13 @@ impl Tail {
         Ok(())
     }
 
-    /// Syncs what was pushed since the last sync.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
-        if self.unsynced {
-            self.file.sync_data().map_err(|e| self.failed(e))?;
-            self.unsynced = false;
+    /// The file to sync, if something was pushed since this was last
+    /// asked: synced by the caller, without holding the tail up.
+    pub fn take_unsynced(&mut self) -> Option<(Arc<File>, PathBuf)> {
+        if !std::mem::take(&mut self.unsynced) {
+            return None;
         }
-        Ok(())
+        Some((self.file.clone(), self.path.clone()))
     }
 
     /// The file's bytes: the block to seal.
