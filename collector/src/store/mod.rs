@@ -3,16 +3,20 @@
 //! [`SledStore`] is the embedded implementation; a second backend is an
 //! addition, not a rewrite.
 //!
-//! # Layout (sled)
+//! # Layout (sled and segment files)
 //!
 //! One tree per record kind; keys are big-endian (see [`keys`]) so each
-//! (instance, time window) is one range scan.
+//! (instance, time window) is one range scan. Samples are kept beside sled
+//! in files of the store's own: each instance's open minute in its tail
+//! ([`tail`]), whole minutes sealed into per-day segment files
+//! ([`sealed`], [`segments`]).
 //!
 //! | tree            | key                                   | value              |
 //! |-----------------|---------------------------------------|--------------------|
 //! | `meta`          | name                                  | format, next id    |
 //! | `instances`     | host `\0` instance                    | [`InstanceRecord`] |
-//! | `samples`       | instance u32, time                    | [`StoredSample`], a keyframe or a delta |
+//! | `sample_blocks` | instance u32, minute start            | where the sealed minute is ([`SampleBlock`](records::SampleBlock)) |
+//! | `samples`       | instance u32, time                    | a late sample (or one written before format 3): a keyframe [`StoredSample`] |
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
 //! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`] without its maps |
 //! | `rollup_maps`   | as `rollups`                          | the rollup's maps (`maxima`, `waits`, `wait_queries`) |
@@ -24,9 +28,12 @@
 //! # Invariants
 //!
 //! - A sample is stored at most once per (instance, time): [`Store::append`]
-//!   of a sample whose key exists changes nothing and reports a duplicate.
-//!   The sample, its rollup, its episodes, facts, texts and the instance's
-//!   counters are written in one transaction: all or none.
+//!   of a sample already stored changes nothing and reports a duplicate.
+//!   Its rollup, episodes, facts, texts and the instance's counters are
+//!   written in one transaction, all or none, and the sample to its tail
+//!   once that has committed.
+//! - A delta's chain is whole within its block (or tail): deltas are taken
+//!   within a minute, and a minute is sealed once, when the next starts.
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
 //! - Every identity id a closed episode holds has its record in
@@ -215,8 +222,9 @@ pub trait Store: Send + Sync + 'static {
     fn instance_id(&self, host: &str, instance: &str) -> Result<InstanceId, StoreError>;
     /// Every known instance.
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
-    /// Writes a sample and its derived records atomically. Returns `false`
-    /// (and writes nothing) when the sample was already stored.
+    /// Writes a sample and its derived records (those atomically, the
+    /// sample once they are). Returns `false` (and writes nothing) when the
+    /// sample was already stored.
     fn append(&self, append: &Append) -> Result<bool, StoreError>;
     /// Whether a sample of `instance` at `t` is stored.
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError>;
