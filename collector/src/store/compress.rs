@@ -1,9 +1,9 @@
-//! Stored samples compressed with zstd. A keyframe holds every row of a
-//! sample, and rows repeat each other's strings (users, databases,
-//! applications, process titles, wait events), so it shrinks several
-//! times; a delta of field patches shrinks less. Compressing each value on
-//! its own keeps sled's writes to the value written (sled's own
-//! compression recompresses whole pages on every write).
+//! Samples stored on their own in sled compressed with zstd: those that
+//! come after their minute was sealed (keyframes, see [`super::sealed`]),
+//! and every sample of a store written before format 3 (keyframes and
+//! deltas, read with [`unpack`]). A keyframe holds every row of a sample,
+//! and rows repeat each other's strings (users, databases, applications,
+//! process titles, wait events), so it shrinks several times.
 //!
 //! A compressed value is a zero byte (which never starts a protobuf
 //! record: field numbers start at 1), the uncompressed length as a
@@ -21,8 +21,8 @@ use super::StoreError;
 /// First byte of a compressed value.
 const MARK: u8 = 0;
 
-/// zstd's level for keyframes: once a minute per instance, so worth a
-/// stronger pass (about a millisecond for 200 sessions).
+/// zstd's level for keyframes: rare (a late sample), so worth a strong
+/// pass (about a millisecond for 200 sessions).
 pub const KEYFRAME_LEVEL: i32 = 9;
 
 /// Values shorter than this are stored as they are.

@@ -113,7 +113,7 @@ impl SledStore {
             raw_len: raw.len() as u64,
             first_us,
             last_us,
-            count: u32::try_from(entries(raw).0.len()).unwrap_or(u32::MAX),
+            count: u32::try_from(tail.len()).unwrap_or(u32::MAX),
         };
         self.sample_blocks.insert(
             keys::instance_time(instance, minute),

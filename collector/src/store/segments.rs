@@ -136,6 +136,9 @@ impl Segments {
         let instances = fs::read_dir(&self.dir).map_err(|e| failed(&self.dir, e))?;
         for instance in instances {
             let dir = instance.map_err(|e| failed(&self.dir, e))?.path();
+            if !dir.is_dir() {
+                continue;
+            }
             for file in fs::read_dir(&dir).map_err(|e| failed(&dir, e))? {
                 let file = file.map_err(|e| failed(&dir, e))?;
                 // Counted: tails too, a minute per instance.

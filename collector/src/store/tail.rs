@@ -115,6 +115,11 @@ impl Tail {
         Some((self.file.clone(), self.path.clone()))
     }
 
+    /// How many samples it holds.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// The file's bytes: the block to seal.
     pub fn raw(&self) -> &[u8] {
         &self.raw
