@@ -429,6 +429,13 @@ mod tests {
         let e = idle_spell(1000, "reporting", t + SECOND);
         expected.push(e.clone());
         close(&store, t + 10 * SECOND, vec![(EpisodeKind::Idle, e)]);
+        assert_eq!(
+            store.identities.len(),
+            3,
+            "written when its minute is sealed"
+        );
+        assert_eq!(all(&store, EpisodeKind::Idle), expected);
+        close(&store, t + 70 * SECOND, Vec::new());
         assert_eq!(store.identities.len(), 4);
         assert_eq!(all(&store, EpisodeKind::Idle), expected);
     }

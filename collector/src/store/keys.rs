@@ -118,6 +118,15 @@ pub fn episode_prefix(kind: EpisodeKind, id: InstanceId) -> [u8; 5] {
     k
 }
 
+/// `[kind][instance][minute]`: the block of an instance's episodes of one
+/// kind sealed with a minute ([`super::episode_blocks`]).
+pub fn episode_block(kind: EpisodeKind, id: InstanceId, minute: Micros) -> [u8; 13] {
+    let mut k = [0u8; 13];
+    k[..5].copy_from_slice(&episode_prefix(kind, id));
+    k[5..].copy_from_slice(&time_bytes(minute));
+    k
+}
+
 /// `[kind][instance][pid][started]`: open episodes.
 pub fn open_episode(kind: EpisodeKind, id: InstanceId, pid: i32, started: Micros) -> [u8; 17] {
     let mut k = [0u8; 17];

@@ -17,8 +17,8 @@
 //! A block decompressed is its samples one after the other, each as its
 //! time (the zigzag varint of the difference from the one before, from 0
 //! for the first), the value's length (varint) and the value (a
-//! `StoredSample` as [`super::delta`] writes it). A tail's file holds the
-//! same, so sealing compresses the file's bytes as they are.
+//! `StoredSample` as [`super::delta`] writes it). Sealing is
+//! [`super::seal`]'s.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -26,14 +26,12 @@ use std::sync::Arc;
 use pgtrail_proto::time::Micros;
 use prost::bytes::Bytes;
 use prost::encoding::{decode_varint, encode_varint};
-use prost::Message;
 
 use super::compress;
 use super::keys::{self, InstanceId, Resolution};
 use super::records::SampleBlock;
-use super::segments::Segments;
+use super::segments::{Holding, Segments};
 use super::sled::{decode, SledStore};
-use super::tail::Tail;
 use super::StoreError;
 
 /// zstd's level for a sealed minute: a few milliseconds of one core per
@@ -95,34 +93,6 @@ pub(super) enum Origin {
 }
 
 impl SledStore {
-    /// Seals the minute `tail` holds: compressed into the instance's
-    /// segment file, indexed, and the tail emptied once the index is on
-    /// disk (a crash before that leaves the tail to seal again).
-    pub(super) fn seal(&self, instance: InstanceId, tail: &mut Tail) -> Result<(), StoreError> {
-        let (Some(minute), Some((first_us, last_us))) = (tail.minute, tail.bounds()) else {
-            return Ok(());
-        };
-        let raw = tail.raw();
-        let frame = compress_block(raw)?;
-        let offset = self
-            .segments
-            .append(instance, Segments::day_of(minute), &frame)?;
-        let record = SampleBlock {
-            offset,
-            len: frame.len() as u64,
-            raw_len: raw.len() as u64,
-            first_us,
-            last_us,
-            count: u32::try_from(tail.len()).unwrap_or(u32::MAX),
-        };
-        self.sample_blocks.insert(
-            keys::instance_time(instance, minute),
-            record.encode_to_vec(),
-        )?;
-        self.sample_blocks.flush()?;
-        tail.sealed(minute)
-    }
-
     /// The sealed block of the minute starting at `minute`, as indexed by
     /// `record`.
     fn read_block(
@@ -132,9 +102,8 @@ impl SledStore {
         record: &SampleBlock,
     ) -> Result<Arc<Block>, StoreError> {
         let len = usize::try_from(record.len).map_err(|_| StoreError::Unpack("sealed block"))?;
-        let frame = self
-            .segments
-            .read(instance, Segments::day_of(minute), record.offset, len)?;
+        let at = (Segments::day_of(minute), Holding::Samples);
+        let frame = self.segments.read(instance, at, record.offset, len)?;
         let raw_len =
             usize::try_from(record.raw_len).map_err(|_| StoreError::Unpack("sealed block"))?;
         let raw = zstd::bulk::decompress(&frame, raw_len)
@@ -315,7 +284,7 @@ impl SledStore {
             self.sample_blocks.flush()?;
         }
         self.segments
-            .remove_before(instance, Segments::day_of(before))?;
+            .remove_before(instance, (Segments::day_of(before), Holding::Samples))?;
         Ok(removed)
     }
 }
@@ -419,7 +388,7 @@ impl Iterator for Entries<'_> {
 }
 
 /// `raw` as one zstd frame with a checksum, so damage reads as damage.
-fn compress_block(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
+pub(super) fn compress_block(raw: &[u8]) -> Result<Vec<u8>, StoreError> {
     let compress = || -> std::io::Result<Vec<u8>> {
         let mut compressor = zstd::bulk::Compressor::new(LEVEL)?;
         compressor.include_checksum(true)?;
@@ -479,6 +448,7 @@ fn unzigzag(v: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use pgtrail_proto::time::SECOND;
+    use prost::Message;
 
     use super::*;
     use crate::store::records::StoredSample;
@@ -672,7 +642,7 @@ mod tests {
         let day = Segments::day_of(T0);
         store
             .segments
-            .append(id, day, b"written, never indexed")
+            .append(id, (day, Holding::Samples), b"written, never indexed")
             .unwrap();
         append(&store, id, &[(60, &samples[2])]);
         let (at, got) = store.sample_at(id, T0 + SECOND).unwrap().unwrap();

@@ -11,11 +11,11 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::{Transactional, Tree};
 
 use super::chain::{corrupt, parse_bytes};
-use super::closed::{self, decode_closed};
+use super::closed::decode_closed;
 use super::compress;
 use super::delta::{Base, Rows};
 use super::expire::{remove_range, ALL_EPISODE_KINDS};
-use super::identities::{self, Identities};
+use super::identities::Identities;
 use super::keys::{self, EpisodeKind, InstanceId, Resolution};
 use super::open::{OpenRollup, OpenRollups};
 use super::records::{
@@ -24,15 +24,19 @@ use super::records::{
 use super::sealed::Block;
 use super::segments::Segments;
 use super::split::{head, split, Split};
-use super::tail::Tail;
+use super::tail::{Tail, TailEntry};
 use super::texts::TextCache;
 use super::{Append, EpisodeFilter, Store, StoreError};
+use prost::bytes::Bytes;
 
 /// The layout version this build writes. Format 2 added what a build of
 /// format 1 would misread: rows stored as field patches, compressed
 /// samples and compact closed episodes; format 3, samples sealed a minute
-/// at a time into segment files, which a build of format 2 would not see.
-pub const FORMAT: u32 = 3;
+/// at a time into segment files, which a build of format 2 would not see;
+/// format 4, closed episodes sealed with them, and open episodes, counters
+/// and the open minute's closed episodes kept in the tail's log rather
+/// than in sled.
+pub const FORMAT: u32 = 4;
 
 /// The oldest layout this build reads: its values still decode. Opening
 /// such a store marks it with [`FORMAT`], since what is written from then
@@ -46,8 +50,8 @@ const CACHE_BYTES: u64 = 64 << 20;
 /// The embedded store.
 #[derive(Debug)]
 pub struct SledStore {
-    db: sled::Db,
-    instances: Tree,
+    pub(super) db: sled::Db,
+    pub(super) instances: Tree,
     pub(super) samples: Tree,
     /// Where each sealed minute of samples is in `segments`.
     pub(super) sample_blocks: Tree,
@@ -59,7 +63,10 @@ pub struct SledStore {
     rollups: Tree,
     rollup_maps: Tree,
     pub(super) episodes: Tree,
-    open_episodes: Tree,
+    /// Where each sealed block of closed episodes is in `segments`.
+    pub(super) episode_blocks: Tree,
+    /// Open episodes as stores before format 4 kept them: read once.
+    pub(super) open_episodes: Tree,
     queries: Tree,
     pub(super) identities: Tree,
     meta: Tree,
@@ -96,6 +103,7 @@ impl SledStore {
             rollups: tree("rollups")?,
             rollup_maps: tree("rollup_maps")?,
             episodes: tree("episodes")?,
+            episode_blocks: tree("episode_blocks")?,
             open_episodes: tree("open_episodes")?,
             queries: tree("queries")?,
             identities,
@@ -107,10 +115,8 @@ impl SledStore {
             known_identities,
             texts: TextCache::default(),
         };
-        match store.meta.get("format")? {
-            None => {
-                store.meta.insert("format", &FORMAT.to_be_bytes())?;
-            }
+        let found = match store.meta.get("format")? {
+            None => None,
             Some(v) => {
                 let found = u32::from_be_bytes(v.as_ref().try_into().unwrap_or([0; 4]));
                 if !(OLDEST_FORMAT..=FORMAT).contains(&found) {
@@ -121,12 +127,9 @@ impl SledStore {
                         newest: FORMAT,
                     });
                 }
-                if found < FORMAT {
-                    store.meta.insert("format", &FORMAT.to_be_bytes())?;
-                    store.db.flush()?;
-                }
+                Some(found)
             }
-        }
+        };
         let mut ids = store.instance_keys.write().expect("not poisoned");
         for entry in store.instances.iter() {
             let (key, value) = entry?;
@@ -135,8 +138,15 @@ impl SledStore {
         }
         let registered: Vec<InstanceId> = ids.keys().copied().collect();
         drop(ids);
+        // Tails of format 3 hold samples alone: sealed as they are, before
+        // the store is marked with a format that reads tails otherwise.
+        let old_tails = found.is_some_and(|f| f < 4);
         for id in registered {
-            store.tail(id)?;
+            store.open_tail(id, old_tails)?;
+        }
+        if found != Some(FORMAT) {
+            store.meta.insert("format", &FORMAT.to_be_bytes())?;
+            store.db.flush()?;
         }
         Ok(store)
     }
@@ -164,27 +174,97 @@ impl SledStore {
         if let Some(tail) = self.tails.read().expect("not poisoned").get(&instance) {
             return Ok(tail.clone());
         }
+        self.open_tail(instance, false)
+    }
+
+    /// Opens the instance's tail from its log; `old` when the log may be
+    /// of format 3 (samples alone, as a block's entries).
+    fn open_tail(
+        &self,
+        instance: InstanceId,
+        old: bool,
+    ) -> Result<Arc<std::sync::Mutex<Tail>>, StoreError> {
         let mut tails = self.tails.write().expect("not poisoned");
         if let Some(tail) = tails.get(&instance) {
             return Ok(tail.clone());
         }
-        let sealed_through =
+        let mut sealed_through =
             Self::instance_range(&self.sample_blocks, instance, Micros::MIN, Micros::MAX)
                 .next_back()
                 .transpose()?
                 .map(|(k, _)| keys::time_of_instance_key(&k));
-        let (file, path, raw) = self.segments.open_log(instance)?;
-        let mut tail = Tail::new(file, path, raw, sealed_through)?;
-        if tail
-            .minute
-            .is_some_and(|m| sealed_through.is_some_and(|s| m <= s))
-        {
-            // Sealed before a crash kept the log from being emptied.
-            tail.sealed(sealed_through.expect("checked"))?;
+        let mut log = self.segments.open_log(instance)?;
+        if old && !log.2.is_empty() {
+            sealed_through = self.seal_old_log(instance, &log.2, sealed_through)?;
+            log = self.segments.replace_log(instance, Vec::new())?;
+        }
+        let mut legacy = Vec::new();
+        for kind in ALL_EPISODE_KINDS {
+            for e in self
+                .open_episodes
+                .scan_prefix(keys::episode_prefix(kind, instance))
+            {
+                legacy.push((kind, decode("open_episodes", &e?.1)?));
+            }
+        }
+        let mut tail = Tail::new(instance, log, sealed_through, legacy)?;
+        if let Some(s) = sealed_through.filter(|s| tail.minute.is_some_and(|m| m <= *s)) {
+            // Sealed before a crash kept the log from being replaced.
+            tail.sealed(s);
+            self.restart_tail(instance, &mut tail)?;
         }
         let tail = Arc::new(std::sync::Mutex::new(tail));
         tails.insert(instance, tail.clone());
         Ok(tail)
+    }
+
+    /// Seals a format-3 tail log, `raw` (a block's entries), unless its
+    /// minute was sealed already; returns the latest sealed minute.
+    fn seal_old_log(
+        &self,
+        instance: InstanceId,
+        raw: &[u8],
+        sealed_through: Option<Micros>,
+    ) -> Result<Option<Micros>, StoreError> {
+        let (mut entries, whole) = super::sealed::entries(raw);
+        entries.sort_by_key(|(t, _)| *t);
+        let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
+            return Ok(sealed_through);
+        };
+        let minute = super::sealed::minute_of(first.0);
+        if sealed_through.is_some_and(|s| minute <= s) {
+            return Ok(sealed_through);
+        }
+        let frame = super::sealed::compress_block(&raw[..whole])?;
+        let day = (
+            super::segments::Segments::day_of(minute),
+            super::segments::Holding::Samples,
+        );
+        let offset = self.segments.append(instance, day, &frame)?;
+        let record = super::records::SampleBlock {
+            offset,
+            len: frame.len() as u64,
+            raw_len: whole as u64,
+            first_us: first.0,
+            last_us: last.0,
+            count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
+        };
+        self.sample_blocks.insert(
+            keys::instance_time(instance, minute),
+            record.encode_to_vec(),
+        )?;
+        self.db.flush()?;
+        Ok(Some(minute))
+    }
+
+    /// The key of the instance's record in `instances`.
+    pub(super) fn instance_key_of(&self, instance: InstanceId) -> Vec<u8> {
+        self.instance_keys
+            .read()
+            .expect("not poisoned")
+            .get(&instance)
+            .cloned()
+            .expect("instance registered before it is written")
     }
 
     /// The instance's tail as a block, if it holds a sample.
@@ -270,6 +350,69 @@ impl SledStore {
 }
 
 impl SledStore {
+    /// Writes what an append keeps in sled, in one transaction: a late
+    /// sample (with the instance's counters), texts, facts and rollups.
+    /// Returns `false`, writing nothing, when the late sample is stored.
+    fn write_records(
+        &self,
+        a: &Append,
+        sample_key: &[u8; 12],
+        loose: Option<&[u8]>,
+        facts: Option<&[u8]>,
+        rollups: &[(Resolution, Micros, Split)],
+    ) -> Result<bool, StoreError> {
+        let instance_key = self.instance_key_of(a.instance);
+        let trees = (
+            &self.samples,
+            &self.facts,
+            &self.rollups,
+            &self.rollup_maps,
+            &self.queries,
+            &self.instances,
+        );
+        let result = trees.transaction(
+            |(samples, facts_t, rollups_t, maps_t, queries, instances)| {
+                if let Some(value) = loose {
+                    if samples.get(sample_key)?.is_some() {
+                        return Ok(false);
+                    }
+                    samples.insert(sample_key, value)?;
+                    let Some(v) = instances.get(&instance_key)? else {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::MissingInstance(a.instance),
+                        ));
+                    };
+                    let mut record: InstanceRecord =
+                        decode("instances", &v).map_err(ConflictableTransactionError::Abort)?;
+                    record.samples += 1;
+                    record.dropped += a.dropped;
+                    instances.insert(instance_key.as_slice(), record.encode_to_vec())?;
+                }
+                for (id, text) in &a.texts {
+                    let key = id.to_be_bytes();
+                    if queries.get(key)?.is_none() {
+                        queries.insert(&key, text.as_bytes())?;
+                    }
+                }
+                if let Some(f) = facts {
+                    facts_t.insert(sample_key, f)?;
+                }
+                for (res, start, (head, maps)) in rollups {
+                    let key = keys::rollup(a.instance, *res, *start);
+                    rollups_t.insert(&key, head.as_slice())?;
+                    maps_t.insert(&key, maps.as_slice())?;
+                }
+                Ok(true)
+            },
+        );
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        })
+    }
+}
+
+impl SledStore {
     /// Forgets the open rollups without writing them, as a crash would:
     /// for tests of what the ingestor rebuilds.
     #[doc(hidden)]
@@ -286,16 +429,24 @@ impl Drop for SledStore {
     }
 }
 
+/// A closed episode as read: its stored value, or the record itself while
+/// its tail holds it.
+enum ClosedValue {
+    Stored(Bytes),
+    Whole(Box<EpisodeRecord>),
+}
+
 impl SledStore {
-    /// Calls `each` with the span and stored bytes of every closed episode
-    /// `filter` lets through, in the order they ended; chosen by key.
+    /// Every closed episode `filter` lets through, with what is stored of
+    /// it, in the order they ended: those on their own in sled, those in
+    /// sealed blocks and those in the tail.
     fn scan_closed(
         &self,
         kind: EpisodeKind,
         instance: InstanceId,
         filter: &EpisodeFilter,
-        mut each: impl FnMut(EpisodeSpan, &[u8]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<(EpisodeSpan, ClosedValue)>, StoreError> {
+        let mut out = Vec::new();
         let prefix = keys::episode_prefix(kind, instance);
         // A key shorter than the full key sorts before every full key that
         // extends it.
@@ -311,10 +462,36 @@ impl SledStore {
                 break;
             }
             if filter.lets_through(&span) {
-                each(span, &value)?;
+                out.push((span, ClosedValue::Stored(Bytes::copy_from_slice(&value))));
             }
         }
-        Ok(())
+        for (span, value) in self.sealed_episodes(kind, instance, filter)? {
+            out.push((span, ClosedValue::Stored(value)));
+        }
+        let tail = self.tail(instance)?;
+        let tail = tail.lock().expect("not poisoned");
+        for (key, (k, e)) in tail.closed() {
+            let span = keys::closed_episode_span(key);
+            if *k == kind && filter.lets_through(&span) {
+                out.push((span, ClosedValue::Whole(Box::new(e.clone()))));
+            }
+        }
+        drop(tail);
+        // Key order: end, then pid as the key holds it, then start.
+        out.sort_by_key(|(s, _)| (s.ended_us, s.pid as u32, s.started_us));
+        Ok(out)
+    }
+
+    /// The record of a closed episode as read.
+    fn closed_record(
+        &self,
+        span: &EpisodeSpan,
+        value: ClosedValue,
+    ) -> Result<EpisodeRecord, StoreError> {
+        match value {
+            ClosedValue::Stored(v) => decode_closed(span, &v, &self.known_identities),
+            ClosedValue::Whole(e) => Ok(*e),
+        }
     }
 }
 
@@ -364,22 +541,25 @@ impl Store for SledStore {
     }
 
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
-        self.instances
-            .iter()
-            .map(|e| decode("instances", &e?.1))
-            .collect()
+        let mut out = Vec::new();
+        for entry in self.instances.iter() {
+            let mut record: InstanceRecord = decode("instances", &entry?.1)?;
+            // What the tail counted since its last seal.
+            let tail = self.tail(record.id)?;
+            let tail = tail.lock().expect("not poisoned");
+            record.samples += tail.len() as u64;
+            record.dropped += tail.dropped();
+            out.push(record);
+        }
+        Ok(out)
     }
 
     fn append(&self, a: &Append) -> Result<bool, StoreError> {
-        let instance_key = self
-            .instance_keys
-            .read()
-            .expect("not poisoned")
-            .get(&a.instance)
-            .cloned()
-            .expect("instance registered before append");
         let tail = self.tail(a.instance)?;
         let mut tail = tail.lock().expect("not poisoned");
+        if tail.is_stale() {
+            self.restart_tail(a.instance, &mut tail)?;
+        }
         // A sample of a minute before the tail's (or sealed) is late: stored
         // on its own in `samples`.
         let minute = Resolution::Minute.start_of(a.sampled_at);
@@ -400,6 +580,18 @@ impl Store for SledStore {
         } else {
             (None, Some(sample))
         };
+        let entry = TailEntry {
+            at: a.sampled_at,
+            sample: in_tail.as_deref(),
+            opened: &a.opened,
+            closed: &a.closed,
+            dropped: if late { 0 } else { a.dropped },
+        };
+        if late && !(a.opened.is_empty() && a.closed.is_empty()) {
+            // Before the sample: its episodes are what matters more, and
+            // written twice they are the same.
+            tail.push(&entry)?;
+        }
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
         let writing: Vec<(Resolution, Micros)> = a
             .rollups
@@ -433,94 +625,17 @@ impl Store for SledStore {
                     .map(|(res, o)| (res, o.start, split(&o.rollup.lock()))),
             )
             .collect();
-        let opened: Vec<_> = a
-            .opened
-            .iter()
-            .map(|(kind, e)| {
-                let key = keys::open_episode(*kind, a.instance, e.pid, e.started_us);
-                (key, e.encode_to_vec())
-            })
-            .collect();
-        let mut new_identities = Vec::new();
-        let closed: Vec<_> = a
-            .closed
-            .iter()
-            .map(|(kind, e)| {
-                let open = keys::open_episode(*kind, a.instance, e.pid, e.started_us);
-                let key = keys::closed_episode(*kind, a.instance, e.end(), e.pid, e.started_us);
-                let value = closed::encode(e, &self.known_identities, &mut new_identities);
-                (open, key, value)
-            })
-            .collect();
-        let trees = (
-            &self.samples,
-            &self.facts,
-            &self.rollups,
-            &self.rollup_maps,
-            &self.episodes,
-            &self.open_episodes,
-            &self.queries,
-            &self.instances,
-            &self.identities,
-        );
-        let result = trees.transaction(
-            |(samples, facts_t, rollups_t, maps_t, episodes, open, queries, instances, idents)| {
-                if let Some(value) = &loose {
-                    if samples.get(sample_key)?.is_some() {
-                        return Ok(false);
-                    }
-                    samples.insert(&sample_key, value.as_slice())?;
-                }
-                for (id, text) in &a.texts {
-                    let key = id.to_be_bytes();
-                    if queries.get(key)?.is_none() {
-                        queries.insert(&key, text.as_bytes())?;
-                    }
-                }
-                if let Some(f) = &facts {
-                    facts_t.insert(&sample_key, f.as_slice())?;
-                }
-                for (res, start, (head, maps)) in &rollups {
-                    let key = keys::rollup(a.instance, *res, *start);
-                    rollups_t.insert(&key, head.as_slice())?;
-                    maps_t.insert(&key, maps.as_slice())?;
-                }
-                for (key, value) in &opened {
-                    open.insert(key, value.as_slice())?;
-                }
-                for (id, identity) in &new_identities {
-                    idents.insert(&identities::key(*id), identity.as_slice())?;
-                }
-                for (open_key, key, value) in &closed {
-                    open.remove(open_key)?;
-                    episodes.insert(key, value.as_slice())?;
-                }
-                let mut record: InstanceRecord = match instances.get(&instance_key)? {
-                    Some(v) => {
-                        decode("instances", &v).map_err(ConflictableTransactionError::Abort)?
-                    }
-                    None => {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::MissingInstance(a.instance),
-                        ))
-                    }
-                };
-                record.samples += 1;
-                record.dropped += a.dropped;
-                instances.insert(instance_key.as_slice(), record.encode_to_vec())?;
-                Ok(true)
-            },
-        );
-        let stored = result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        })?;
+        let stored =
+            if loose.is_some() || !a.texts.is_empty() || facts.is_some() || !rollups.is_empty() {
+                self.write_records(a, &sample_key, loose.as_deref(), facts.as_deref(), &rollups)?
+            } else {
+                true
+            };
         if stored {
-            if let Some(value) = &in_tail {
-                tail.push(a.sampled_at, value)?;
+            if !late {
+                tail.push(&entry)?;
             }
             drop(tail);
-            self.known_identities.settle(&new_identities);
             if !a.texts.is_empty() {
                 self.texts.put(a.texts.iter().map(|(id, text)| (*id, text)));
             }
@@ -722,12 +837,10 @@ impl Store for SledStore {
         instance: InstanceId,
         filter: &EpisodeFilter,
     ) -> Result<Vec<EpisodeRecord>, StoreError> {
-        let mut out = Vec::new();
-        self.scan_closed(kind, instance, filter, |span, value| {
-            out.push(decode_closed(&span, value, &self.known_identities)?);
-            Ok(())
-        })?;
-        Ok(out)
+        self.scan_closed(kind, instance, filter)?
+            .into_iter()
+            .map(|(span, value)| self.closed_record(&span, value))
+            .collect()
     }
 
     fn closed_episode_spans(
@@ -736,12 +849,11 @@ impl Store for SledStore {
         instance: InstanceId,
         filter: &EpisodeFilter,
     ) -> Result<Vec<EpisodeSpan>, StoreError> {
-        let mut out = Vec::new();
-        self.scan_closed(kind, instance, filter, |span, _| {
-            out.push(span);
-            Ok(())
-        })?;
-        Ok(out)
+        Ok(self
+            .scan_closed(kind, instance, filter)?
+            .into_iter()
+            .map(|(span, _)| span)
+            .collect())
     }
 
     fn closed_episode(
@@ -751,10 +863,20 @@ impl Store for SledStore {
         span: &EpisodeSpan,
     ) -> Result<Option<EpisodeRecord>, StoreError> {
         let key = keys::closed_episode(kind, instance, span.ended_us, span.pid, span.started_us);
-        self.episodes
-            .get(key)?
-            .map(|v| decode_closed(span, &v, &self.known_identities))
-            .transpose()
+        let value = match self.episodes.get(key)? {
+            Some(v) => Some(ClosedValue::Stored(Bytes::copy_from_slice(&v))),
+            None => {
+                let tail = self.tail(instance)?;
+                let whole = tail.lock().expect("not poisoned").closed_at(&key).cloned();
+                match whole {
+                    Some(e) => Some(ClosedValue::Whole(Box::new(e))),
+                    None => self
+                        .sealed_episode(kind, instance, span)?
+                        .map(ClosedValue::Stored),
+                }
+            }
+        };
+        value.map(|v| self.closed_record(span, v)).transpose()
     }
 
     fn open_episodes(
@@ -762,10 +884,9 @@ impl Store for SledStore {
         kind: EpisodeKind,
         instance: InstanceId,
     ) -> Result<Vec<EpisodeRecord>, StoreError> {
-        self.open_episodes
-            .scan_prefix(keys::episode_prefix(kind, instance))
-            .map(|e| decode("open_episodes", &e?.1))
-            .collect()
+        let tail = self.tail(instance)?;
+        let tail = tail.lock().expect("not poisoned");
+        Ok(tail.open(kind).cloned().collect())
     }
 
     fn expire(
@@ -809,6 +930,7 @@ impl Store for SledStore {
             to.extend_from_slice(&keys::time_bytes(kept_before));
             removed += remove_range(&self.episodes, from, to)?;
         }
+        removed += self.expire_episode_blocks(instance, kept_before)?;
         Ok(removed)
     }
 

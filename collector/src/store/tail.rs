@@ -1,15 +1,27 @@
-//! The minute of samples each instance is still writing: kept in memory
-//! and in a log file of its own (`segments/<instance>/open.log`), never in
-//! sled, whose log keeps every byte written to it for good (sled 0.34
-//! does not win back the space of values removed soon after). Each sample
-//! is appended to the file when it is stored and synced by the next
-//! flush; when the instance's next minute starts, the file's bytes are
-//! the minute's block ([`super::sealed`]): compressed, appended to the
-//! day's segment file, indexed in sled, and the file emptied.
+//! What each instance is still writing: the minute of samples not yet
+//! sealed, the episodes that closed since the last seal, the episodes
+//! open now and the counters not yet added to the instance's record.
+//! Kept in memory and in a log file of the instance's own
+//! (`segments/<instance>/open.log`), never in sled, whose log keeps every
+//! byte written to it for good (sled 0.34 does not win back the space of
+//! values removed soon after).
 //!
-//! The file holds blocks' entries without their count, so a write torn by
-//! a crash loses only its own, incomplete, entry, which opening cuts off.
+//! Each append writes one entry to the file, synced by the next flush:
+//! the sample (unless it came late and went to sled), the episodes it
+//! opened, changed or closed, and the snapshots the agent dropped before
+//! it. When the instance's next minute starts, the minute is sealed
+//! ([`super::seal`]) and the file replaced by one holding a single
+//! checkpoint entry: the episodes open at that moment. Opening a tail
+//! replays its file: the checkpoint, then each entry since, so the open
+//! set, the closed episodes and the counters come back as they were.
+//!
+//! An entry is a block's entry ([`super::sealed::encode_entry`]: time,
+//! length, payload), so a write torn by a crash loses only its own,
+//! incomplete, entry, which opening cuts off. The payload is a flags
+//! byte, then with [`SAMPLE`] the sample's length (varint) and stored
+//! value, then the rest: a [`TailEpisodes`] message.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
@@ -18,13 +30,68 @@ use std::sync::Arc;
 
 use pgtrail_proto::time::Micros;
 use prost::bytes::Bytes;
+use prost::encoding::{decode_varint, encode_varint, encoded_len_varint};
+use prost::Message;
 
+use super::keys::{self, EpisodeKind, InstanceId};
+use super::records::EpisodeRecord;
 use super::sealed::{self, Block};
 use super::StoreError;
 
-/// One instance's open minute.
+/// The entry holds a sample.
+const SAMPLE: u8 = 1;
+/// The entry's opened episodes are the whole open set, replacing it.
+const CHECKPOINT: u8 = 2;
+
+/// An open episode's key (as in [`keys::open_episode`]).
+pub(super) type OpenKey = [u8; 17];
+/// A closed episode's key (as in [`keys::closed_episode`]).
+pub(super) type ClosedKey = [u8; 25];
+
+/// The episodes and counters of a tail entry.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TailEpisodes {
+    /// Opened or changed (with [`CHECKPOINT`], every open one).
+    #[prost(message, repeated, tag = "1")]
+    pub opened: Vec<TailEpisode>,
+    /// Closed.
+    #[prost(message, repeated, tag = "2")]
+    pub closed: Vec<TailEpisode>,
+    /// Snapshots the agent dropped before this sample.
+    #[prost(uint64, tag = "3")]
+    pub dropped: u64,
+}
+
+/// An episode with its kind.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(super) struct TailEpisode {
+    /// The [`EpisodeKind`].
+    #[prost(int32, tag = "1")]
+    pub kind: i32,
+    /// The episode.
+    #[prost(message, optional, tag = "2")]
+    pub record: Option<EpisodeRecord>,
+}
+
+/// What one append adds to its instance's tail.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TailEntry<'a> {
+    /// The sample's time.
+    pub at: Micros,
+    /// Its stored value, unless it went to sled.
+    pub sample: Option<&'a [u8]>,
+    /// Episodes it opened or changed.
+    pub opened: &'a [(EpisodeKind, EpisodeRecord)],
+    /// Episodes it closed.
+    pub closed: &'a [(EpisodeKind, EpisodeRecord)],
+    /// Snapshots dropped before it, when counted here.
+    pub dropped: u64,
+}
+
+/// One instance's unsealed minute, open episodes and recent closed ones.
 #[derive(Debug)]
 pub(super) struct Tail {
+    instance: InstanceId,
     /// The start of the latest sealed minute: a sample at or before its
     /// end came late and is stored in sled's `samples` on its own.
     pub sealed_through: Option<Micros>,
@@ -36,47 +103,138 @@ pub(super) struct Tail {
     raw: Vec<u8>,
     /// Times and places in `raw` of its samples, in time order.
     entries: Vec<(Micros, Range<usize>)>,
-    /// The time of the last sample written to the file.
+    /// The episodes open now.
+    open: BTreeMap<OpenKey, (EpisodeKind, EpisodeRecord)>,
+    /// The episodes closed since the last seal.
+    closed: BTreeMap<ClosedKey, (EpisodeKind, EpisodeRecord)>,
+    /// Snapshots dropped, not yet in the instance's record.
+    dropped: u64,
+    /// Keys of the open episodes sled's `open_episodes` still holds (from
+    /// a store written before format 4), removed by the next seal.
+    legacy: Vec<OpenKey>,
+    /// Sealed, its file not yet replaced: it takes no entries.
+    stale: bool,
+    /// The time of the last entry written to the file.
     last_written: Micros,
     /// Written since the last sync.
     unsynced: bool,
-    /// `raw` as a block for reads, until the next sample.
+    /// The samples as a block for reads, until the next sample.
     snapshot: Option<Arc<Block>>,
 }
 
 impl Tail {
-    /// The tail in `file` (at `path`), holding `raw`, its bytes.
+    /// The tail of `instance` in `file` (at `path`), holding `raw`, its
+    /// bytes; `open` is where its open set starts (what sled held before
+    /// open episodes moved here), replaced by the file's checkpoint.
     pub fn new(
-        file: File,
-        path: PathBuf,
-        raw: Vec<u8>,
+        instance: InstanceId,
+        (file, path, raw): (File, PathBuf, Vec<u8>),
         sealed_through: Option<Micros>,
+        open: Vec<(EpisodeKind, EpisodeRecord)>,
     ) -> Result<Tail, StoreError> {
         let (entries, whole) = sealed::entries(&raw);
         let mut tail = Tail {
+            instance,
             sealed_through,
             minute: None,
             file: Arc::new(file),
             path,
-            raw,
+            raw: Vec::new(),
             entries: Vec::new(),
+            open: BTreeMap::new(),
+            closed: BTreeMap::new(),
+            dropped: 0,
+            legacy: Vec::new(),
+            stale: false,
             last_written: 0,
             unsynced: false,
             snapshot: None,
         };
-        if whole < tail.raw.len() {
+        for (kind, e) in open {
+            let key = tail.open_key(kind, &e);
+            tail.legacy.push(key);
+            tail.open.insert(key, (kind, e));
+        }
+        if whole < raw.len() {
             // A write the crash cut short.
-            tail.raw.truncate(whole);
             tail.file
                 .set_len(whole as u64)
                 .map_err(|e| tail.failed(e))?;
         }
         tail.last_written = entries.last().map_or(0, |(t, _)| *t);
-        tail.minute = entries.iter().map(|(t, _)| sealed::minute_of(*t)).min();
-        let mut entries = entries;
-        entries.sort_by_key(|(t, _)| *t);
-        tail.entries = entries;
+        for (at, range) in entries {
+            tail.replay(at, &raw, range)?;
+        }
+        tail.raw = raw;
+        tail.raw.truncate(whole);
         Ok(tail)
+    }
+
+    /// Applies the entry at `at`, `raw[range]`, to memory.
+    fn replay(&mut self, at: Micros, raw: &[u8], range: Range<usize>) -> Result<(), StoreError> {
+        let damaged = || StoreError::Unpack("tail log");
+        let payload = &raw[range.clone()];
+        let (&flags, mut rest) = payload.split_first().ok_or_else(damaged)?;
+        if flags & SAMPLE != 0 {
+            let len = decode_varint(&mut rest).map_err(|_| damaged())?;
+            let len = usize::try_from(len).map_err(|_| damaged())?;
+            if len > rest.len() {
+                return Err(damaged());
+            }
+            let start = range.end - rest.len();
+            self.add_sample(at, start..start + len);
+            rest = &rest[len..];
+        }
+        let episodes = TailEpisodes::decode(rest).map_err(|_| damaged())?;
+        if flags & CHECKPOINT != 0 {
+            self.open.clear();
+        }
+        let kinded = |e: TailEpisode| -> Result<(EpisodeKind, EpisodeRecord), StoreError> {
+            let kind = EpisodeKind::try_from(e.kind).map_err(|_| damaged())?;
+            Ok((kind, e.record.ok_or_else(damaged)?))
+        };
+        let opened: Vec<_> = episodes
+            .opened
+            .into_iter()
+            .map(kinded)
+            .collect::<Result<_, _>>()?;
+        let closed: Vec<_> = episodes
+            .closed
+            .into_iter()
+            .map(kinded)
+            .collect::<Result<_, _>>()?;
+        self.apply(&opened, &closed, episodes.dropped);
+        Ok(())
+    }
+
+    fn add_sample(&mut self, at: Micros, value: Range<usize>) {
+        let i = self.entries.partition_point(|e| e.0 < at);
+        self.entries.insert(i, (at, value));
+        let minute = sealed::minute_of(at);
+        self.minute = Some(self.minute.map_or(minute, |m| m.min(minute)));
+        self.snapshot = None;
+    }
+
+    fn apply(
+        &mut self,
+        opened: &[(EpisodeKind, EpisodeRecord)],
+        closed: &[(EpisodeKind, EpisodeRecord)],
+        dropped: u64,
+    ) {
+        for (kind, e) in opened {
+            self.open
+                .insert(self.open_key(*kind, e), (*kind, e.clone()));
+        }
+        for (kind, e) in closed {
+            self.open.remove(&self.open_key(*kind, e));
+            let key = keys::closed_episode(*kind, self.instance, e.end(), e.pid, e.started_us);
+            self.closed.insert(key, (*kind, e.clone()));
+        }
+        self.dropped += dropped;
+    }
+
+    fn open_key(&self, kind: EpisodeKind, e: &EpisodeRecord) -> OpenKey {
+        keys::open_episode(kind, self.instance, e.pid, e.started_us)
     }
 
     /// Whether it holds a sample at `t`.
@@ -84,25 +242,30 @@ impl Tail {
         self.entries.binary_search_by_key(&t, |e| e.0).is_ok()
     }
 
-    /// Adds the sample at `t`, its stored `value`, to the file (not synced
-    /// yet) and to memory.
-    pub fn push(&mut self, t: Micros, value: &[u8]) -> Result<(), StoreError> {
+    /// Adds `entry` to the file (not synced yet) and to memory.
+    pub fn push(&mut self, entry: &TailEntry<'_>) -> Result<(), StoreError> {
+        assert!(
+            !self.stale,
+            "a sealed tail is restarted before it takes entries"
+        );
         let start = self.raw.len();
-        sealed::encode_entry(&mut self.raw, self.last_written, t, value);
+        let value = encode_payload(entry, 0);
+        sealed::encode_entry(&mut self.raw, self.last_written, entry.at, &value);
         if let Err(e) = (&*self.file).write_all(&self.raw[start..]) {
             // What did get written would misalign every entry after it.
             let _ = self.file.set_len(start as u64);
             self.raw.truncate(start);
             return Err(self.failed(e));
         }
-        self.last_written = t;
+        self.last_written = entry.at;
         self.unsynced = true;
-        self.snapshot = None;
-        let value_start = self.raw.len() - value.len();
-        let at = self.entries.partition_point(|e| e.0 < t);
-        self.entries.insert(at, (t, value_start..self.raw.len()));
-        let minute = sealed::minute_of(t);
-        self.minute = Some(self.minute.map_or(minute, |m| m.min(minute)));
+        if let Some(sample) = entry.sample {
+            // The sample follows the flags byte and its length.
+            let value_start =
+                self.raw.len() - value.len() + 1 + encoded_len_varint(sample.len() as u64);
+            self.add_sample(entry.at, value_start..value_start + sample.len());
+        }
+        self.apply(entry.opened, entry.closed, entry.dropped);
         Ok(())
     }
 
@@ -120,9 +283,20 @@ impl Tail {
         self.entries.len()
     }
 
-    /// The file's bytes: the block to seal.
-    pub fn raw(&self) -> &[u8] {
-        &self.raw
+    /// Snapshots dropped since the last seal.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Its samples in time order as a sealed block's bytes.
+    pub fn sample_block(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.raw.len());
+        let mut prev = 0;
+        for (at, range) in &self.entries {
+            sealed::encode_entry(&mut out, prev, *at, &self.raw[range.clone()]);
+            prev = *at;
+        }
+        out
     }
 
     /// The times of its first and last samples.
@@ -130,17 +304,72 @@ impl Tail {
         Some((self.entries.first()?.0, self.entries.last()?.0))
     }
 
-    /// Empties it once its minute is sealed (`minute`).
-    pub fn sealed(&mut self, minute: Micros) -> Result<(), StoreError> {
-        self.file.set_len(0).map_err(|e| self.failed(e))?;
-        self.raw.clear();
+    /// The episodes closed since the last seal, in key order.
+    pub fn closed(&self) -> impl Iterator<Item = (&ClosedKey, &(EpisodeKind, EpisodeRecord))> {
+        self.closed.iter()
+    }
+
+    /// The closed episode under `key`, if it closed since the last seal.
+    pub fn closed_at(&self, key: &ClosedKey) -> Option<&EpisodeRecord> {
+        self.closed.get(key).map(|(_, e)| e)
+    }
+
+    /// The open episodes of `kind`.
+    pub fn open(&self, kind: EpisodeKind) -> impl Iterator<Item = &EpisodeRecord> {
+        let prefix = keys::episode_prefix(kind, self.instance);
+        self.open
+            .range(open_bound(prefix, 0)..=open_bound(prefix, 0xff))
+            .map(|(_, (_, e))| e)
+    }
+
+    /// The bytes a replaced file starts with: a checkpoint of the open set.
+    pub fn checkpoint(&self) -> Vec<u8> {
+        let open: Vec<_> = self.open.values().cloned().collect();
+        let entry = TailEntry {
+            at: 0,
+            sample: None,
+            opened: &open,
+            closed: &[],
+            dropped: 0,
+        };
+        let mut out = Vec::new();
+        sealed::encode_entry(&mut out, 0, 0, &encode_payload(&entry, CHECKPOINT));
+        out
+    }
+
+    /// Keys of open episodes sled still holds, for the seal to remove.
+    pub fn legacy_open(&self) -> &[OpenKey] {
+        &self.legacy
+    }
+
+    /// Forgets what its minute (`minute`) held once that is sealed:
+    /// samples, closed episodes and counters are in the segment files and
+    /// sled now. Its file is stale until [`Tail::restarted`].
+    pub fn sealed(&mut self, minute: Micros) {
         self.entries.clear();
-        self.last_written = 0;
+        self.closed.clear();
+        self.legacy.clear();
+        self.dropped = 0;
         self.unsynced = false;
         self.snapshot = None;
         self.minute = None;
         self.sealed_through = Some(minute);
-        Ok(())
+        self.stale = true;
+    }
+
+    /// Whether it was sealed and its file is not yet replaced.
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    /// Goes on in `file`, which holds `raw`: the [`Tail::checkpoint`] it
+    /// was replaced with after a seal.
+    pub fn restarted(&mut self, (file, path, raw): (File, PathBuf, Vec<u8>)) {
+        self.file = Arc::new(file);
+        self.path = path;
+        self.raw = raw;
+        self.last_written = 0;
+        self.stale = false;
     }
 
     /// Its samples as a block, for reads; `None` while it has none.
@@ -163,4 +392,41 @@ impl Tail {
             source,
         }
     }
+}
+
+/// The first (`fill` 0) or last (`fill` 0xff) open key under `prefix`.
+fn open_bound(prefix: [u8; 5], fill: u8) -> OpenKey {
+    let mut k = [fill; 17];
+    k[..5].copy_from_slice(&prefix);
+    k
+}
+
+/// `entry`'s payload, with `flags` besides [`SAMPLE`].
+fn encode_payload(entry: &TailEntry<'_>, flags: u8) -> Vec<u8> {
+    let mut out = Vec::new();
+    match entry.sample {
+        Some(sample) => {
+            out.push(flags | SAMPLE);
+            encode_varint(sample.len() as u64, &mut out);
+            out.extend_from_slice(sample);
+        }
+        None => out.push(flags),
+    }
+    let episode = |tag: u32, list: &[(EpisodeKind, EpisodeRecord)], out: &mut Vec<u8>| {
+        for (kind, e) in list {
+            let kind = *kind as i32;
+            let len = prost::encoding::int32::encoded_len(1, &kind)
+                + prost::encoding::message::encoded_len(2, e);
+            prost::encoding::encode_key(tag, prost::encoding::WireType::LengthDelimited, out);
+            encode_varint(len as u64, out);
+            prost::encoding::int32::encode(1, &kind, out);
+            prost::encoding::message::encode(2, e, out);
+        }
+    };
+    episode(1, entry.opened, &mut out);
+    episode(2, entry.closed, &mut out);
+    if entry.dropped != 0 {
+        prost::encoding::uint64::encode(3, &entry.dropped, &mut out);
+    }
+    out
 }

@@ -1,0 +1,213 @@
+//! Closed episodes sealed with the minute of samples they closed in: when
+//! an instance's minute is sealed ([`super::seal`]), the episodes that
+//! closed during it are compressed as one zstd frame per kind, appended to
+//! the instance's episode file for the day (`<day>.eps`,
+//! [`super::segments`]) and indexed in sled (tree `episode_blocks`, keyed
+//! by kind, instance and the minute's start, each entry a
+//! [`SampleBlock`] whose times are the first and last ends).
+//!
+//! The block of minute `M` holds only episodes that ended in
+//! `[M − 1 min, M + 1 min)`: an episode seen last just before the minute
+//! turned closes in the next one. So the episodes that ended in a window
+//! are in the blocks of the minutes from the window's start to a minute
+//! past its end, and one that ended at `t` is in the block of `t`'s minute
+//! or of the next. Those that ended earlier (an agent that was away for a
+//! while) are kept one per key in sled's `episodes`, as every episode was
+//! before format 4.
+//!
+//! A block decompressed is its episodes in key order, each as its
+//! 25-byte key ([`keys::closed_episode`]), the value's length (varint) and
+//! the value ([`super::closed`]).
+
+use std::ops::Range;
+
+use pgtrail_proto::time::Micros;
+use prost::bytes::Bytes;
+use prost::encoding::{decode_varint, encode_varint};
+
+use super::keys::{self, EpisodeKind, InstanceId};
+use super::records::{EpisodeSpan, SampleBlock};
+use super::sealed::{compress_block, minute_of};
+use super::segments::{Holding, Segments};
+use super::sled::{decode, SledStore};
+use super::tail::ClosedKey;
+use super::{EpisodeFilter, StoreError};
+
+/// How far an episode's end may lie from the minute it is sealed with.
+pub(super) const REACH: Micros = 60_000_000;
+
+/// A block of closed episodes, decompressed.
+#[derive(Debug)]
+struct EpisodeBlock {
+    bytes: Bytes,
+    entries: Vec<(EpisodeSpan, Range<usize>)>,
+}
+
+impl EpisodeBlock {
+    fn decode(bytes: Bytes) -> Result<EpisodeBlock, StoreError> {
+        let damaged = || StoreError::Unpack("episode block");
+        let mut entries = Vec::new();
+        let mut rest: &[u8] = &bytes;
+        while !rest.is_empty() {
+            if rest.len() < 25 {
+                return Err(damaged());
+            }
+            let span = keys::closed_episode_span(&rest[..25]);
+            rest = &rest[25..];
+            let len = decode_varint(&mut rest).map_err(|_| damaged())?;
+            let len = usize::try_from(len).map_err(|_| damaged())?;
+            if len > rest.len() {
+                return Err(damaged());
+            }
+            let start = bytes.len() - rest.len();
+            entries.push((span, start..start + len));
+            rest = &rest[len..];
+        }
+        Ok(EpisodeBlock { bytes, entries })
+    }
+}
+
+/// The bytes of a block of `episodes` (keys and values, in key order).
+pub(super) fn encode_block<'a>(
+    episodes: impl Iterator<Item = (&'a ClosedKey, &'a [u8])>,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in episodes {
+        out.extend_from_slice(key);
+        encode_varint(value.len() as u64, &mut out);
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// Whether an episode that ended at `end` is sealed with minute `minute`.
+pub(super) fn within_reach(minute: Micros, end: Micros) -> bool {
+    (minute.saturating_sub(REACH)..minute.saturating_add(REACH)).contains(&end)
+}
+
+impl SledStore {
+    /// Writes a block of `raw` (episodes of `kind` sealed with `minute`)
+    /// to the day's episode file; returns its index key and record, for
+    /// the seal's transaction.
+    pub(super) fn write_episode_block(
+        &self,
+        instance: InstanceId,
+        (kind, minute): (EpisodeKind, Micros),
+        raw: &[u8],
+        (first, last, count): (Micros, Micros, u32),
+    ) -> Result<([u8; 13], SampleBlock), StoreError> {
+        let frame = compress_block(raw)?;
+        let at = (Segments::day_of(minute), Holding::Episodes);
+        let offset = self.segments.append(instance, at, &frame)?;
+        let record = SampleBlock {
+            offset,
+            len: frame.len() as u64,
+            raw_len: raw.len() as u64,
+            first_us: first,
+            last_us: last,
+            count,
+        };
+        Ok((keys::episode_block(kind, instance, minute), record))
+    }
+
+    fn read_episode_block(
+        &self,
+        instance: InstanceId,
+        minute: Micros,
+        record: &SampleBlock,
+    ) -> Result<EpisodeBlock, StoreError> {
+        let damaged = || StoreError::Unpack("episode block");
+        let len = usize::try_from(record.len).map_err(|_| damaged())?;
+        let at = (Segments::day_of(minute), Holding::Episodes);
+        let frame = self.segments.read(instance, at, record.offset, len)?;
+        let raw_len = usize::try_from(record.raw_len).map_err(|_| damaged())?;
+        let raw = zstd::bulk::decompress(&frame, raw_len).map_err(|_| damaged())?;
+        EpisodeBlock::decode(Bytes::from(raw))
+    }
+
+    /// The sealed episodes of `kind` that `filter` lets through, with
+    /// their stored values, in no particular order.
+    pub(super) fn sealed_episodes(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        filter: &EpisodeFilter,
+    ) -> Result<Vec<(EpisodeSpan, Bytes)>, StoreError> {
+        let from = keys::episode_block(kind, instance, minute_of(filter.ended_from));
+        let to = keys::episode_block(kind, instance, filter.ended_to.saturating_add(REACH));
+        let mut out = Vec::new();
+        for entry in self.episode_blocks.range(from..=to) {
+            let (k, v) = entry?;
+            let record = decode::<SampleBlock>("episode_blocks", &v)?;
+            if record.last_us < filter.ended_from || record.first_us > filter.ended_to {
+                continue;
+            }
+            let block = self.read_episode_block(instance, keys::time_from(&k[5..13]), &record)?;
+            for (span, range) in block.entries {
+                if filter.lets_through(&span) {
+                    out.push((span, block.bytes.slice(range)));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored value of the sealed episode of `kind` at `span`.
+    pub(super) fn sealed_episode(
+        &self,
+        kind: EpisodeKind,
+        instance: InstanceId,
+        span: &EpisodeSpan,
+    ) -> Result<Option<Bytes>, StoreError> {
+        let minute = minute_of(span.ended_us);
+        for minute in [minute, minute.saturating_add(REACH)] {
+            let Some(v) = self
+                .episode_blocks
+                .get(keys::episode_block(kind, instance, minute))?
+            else {
+                continue;
+            };
+            let record = decode::<SampleBlock>("episode_blocks", &v)?;
+            if !(record.first_us..=record.last_us).contains(&span.ended_us) {
+                continue;
+            }
+            let block = self.read_episode_block(instance, minute, &record)?;
+            if let Some((_, range)) = block.entries.iter().find(|(s, _)| s == span) {
+                return Ok(Some(block.bytes.slice(range.clone())));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Removes the instance's episode blocks whose every episode ended
+    /// before `before`, and the episode files left with none; returns how
+    /// many episodes they held.
+    pub(super) fn expire_episode_blocks(
+        &self,
+        instance: InstanceId,
+        before: Micros,
+    ) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        let mut batch = sled::Batch::default();
+        // A block's episodes ended before its minute's end.
+        let last = before.saturating_sub(REACH);
+        for kind in super::expire::ALL_EPISODE_KINDS {
+            let from = keys::episode_block(kind, instance, Micros::MIN);
+            let to = keys::episode_block(kind, instance, last);
+            for entry in self.episode_blocks.range(from..=to) {
+                let (k, v) = entry?;
+                removed += u64::from(decode::<SampleBlock>("episode_blocks", &v)?.count);
+                batch.remove(k);
+            }
+        }
+        if removed > 0 {
+            self.episode_blocks.apply_batch(batch)?;
+            // Nothing may refer to a file when it goes.
+            self.episode_blocks.flush()?;
+        }
+        // A day's blocks all ended before the next day's start.
+        let day = (Segments::day_of(before), Holding::Episodes);
+        self.segments.remove_before(instance, day)?;
+        Ok(removed)
+    }
+}
