@@ -155,3 +155,392 @@ impl SledStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use pgtrail_proto::time::SECOND;
+    use prost::Message;
+
+    use super::*;
+    use crate::store::records::{EpisodeRecord, StoredSample};
+    use crate::store::sealed::encode_entry;
+    use crate::store::testing::{reopen, temp_store, Population, Rng};
+    use crate::store::{Append, EpisodeFilter, Store};
+
+    /// A whole minute.
+    const T0: Micros = 1_790_000_040 * SECOND;
+
+    use EpisodeKind::{Idle, IdleInTransaction as Iit, LockWait, SlowQuery};
+
+    fn episode(pid: i32, started: Micros, ended: Option<Micros>) -> EpisodeRecord {
+        EpisodeRecord {
+            pid,
+            backend_start_us: Some(started - 60 * SECOND),
+            user: Some(format!("user{}", pid % 3)),
+            database: Some("shop".into()),
+            started_us: started,
+            ended_us: ended,
+            last_seen_us: ended.unwrap_or(started),
+            query_id: Some(pid as u64),
+            samples: 3,
+            ..Default::default()
+        }
+    }
+
+    /// What one sample changes: at `s` seconds from `T0`.
+    #[derive(Default)]
+    struct Step {
+        s: f64,
+        opened: Vec<(EpisodeKind, EpisodeRecord)>,
+        closed: Vec<(EpisodeKind, EpisodeRecord)>,
+        dropped: u64,
+    }
+
+    fn at(s: f64) -> Micros {
+        T0 + (s * SECOND as f64) as Micros
+    }
+
+    fn append(store: &SledStore, step: Step) {
+        let instance = store.instance_id("db", "5432").unwrap();
+        let mut rng = Rng(step.s.to_bits());
+        let append = Append {
+            instance,
+            sampled_at: at(step.s),
+            sample: Population::default().step(&mut rng),
+            opened: step.opened,
+            closed: step.closed,
+            dropped: step.dropped,
+            ..Default::default()
+        };
+        assert!(store.append(&append).unwrap(), "stored at {} s", step.s);
+    }
+
+    const EVERYTHING: EpisodeFilter = EpisodeFilter {
+        ended_from: Micros::MIN,
+        ended_to: Micros::MAX,
+        started_to: Micros::MAX,
+        min_duration: Micros::MIN,
+    };
+
+    fn closed(store: &SledStore, kind: EpisodeKind, filter: &EpisodeFilter) -> Vec<i32> {
+        let instance = store.instance_id("db", "5432").unwrap();
+        let found = store.closed_episodes(kind, instance, filter).unwrap();
+        let spans = store.closed_episode_spans(kind, instance, filter).unwrap();
+        assert_eq!(
+            spans,
+            found.iter().map(EpisodeRecord::span).collect::<Vec<_>>()
+        );
+        for e in &found {
+            let one = store.closed_episode(kind, instance, &e.span()).unwrap();
+            assert_eq!(one.as_ref(), Some(e), "pid {} read by its span", e.pid);
+        }
+        found.iter().map(|e| e.pid).collect()
+    }
+
+    fn open(store: &SledStore, kind: EpisodeKind) -> Vec<i32> {
+        let instance = store.instance_id("db", "5432").unwrap();
+        let mut pids: Vec<i32> = store
+            .open_episodes(kind, instance)
+            .unwrap()
+            .iter()
+            .map(|e| e.pid)
+            .collect();
+        pids.sort();
+        pids
+    }
+
+    fn counters(store: &SledStore) -> (u64, u64) {
+        let r = &store.instances().unwrap()[0];
+        (r.samples, r.dropped)
+    }
+
+    /// Everything the store answers about episodes and counters.
+    fn answers(store: &SledStore) -> HashMap<String, Vec<i32>> {
+        let mut out = HashMap::new();
+        for kind in [Idle, Iit, LockWait, SlowQuery] {
+            out.insert(format!("closed {kind:?}"), closed(store, kind, &EVERYTHING));
+            out.insert(format!("open {kind:?}"), open(store, kind));
+        }
+        let (samples, dropped) = counters(store);
+        out.insert("counters".into(), vec![samples as i32, dropped as i32]);
+        out
+    }
+
+    /// Two minutes and a bit: episodes open, change and close, one closes
+    /// in the minute after it ended, one long after.
+    fn two_minutes(store: &SledStore) {
+        append(
+            store,
+            Step {
+                s: 0.0,
+                opened: vec![
+                    (Iit, episode(1, at(-10.0), None)),
+                    (Idle, episode(2, at(-5.0), None)),
+                ],
+                ..Default::default()
+            },
+        );
+        append(
+            store,
+            Step {
+                s: 1.0,
+                opened: vec![(LockWait, episode(3, at(0.5), None))],
+                closed: vec![(Idle, episode(2, at(-5.0), Some(at(1.0))))],
+                dropped: 2,
+            },
+        );
+        append(
+            store,
+            Step {
+                s: 59.0,
+                closed: vec![(SlowQuery, episode(4, at(30.0), Some(at(59.0))))],
+                ..Default::default()
+            },
+        );
+        // Seals the first minute.
+        append(
+            store,
+            Step {
+                s: 60.0,
+                closed: vec![
+                    (Idle, episode(5, at(50.0), Some(at(59.5)))),
+                    (Idle, episode(6, at(-900.0), Some(at(-600.0)))),
+                ],
+                ..Default::default()
+            },
+        );
+        // Seals the second, then closes one in the tail.
+        append(
+            store,
+            Step {
+                s: 120.0,
+                closed: vec![(LockWait, episode(3, at(0.5), Some(at(119.0))))],
+                dropped: 1,
+                ..Default::default()
+            },
+        );
+    }
+
+    #[test]
+    fn episodes_move_from_the_tail_to_blocks_and_outlive_a_reopen() {
+        let (dir, store) = temp_store();
+        two_minutes(&store);
+        // Minute one: a block each of idle spells and slow queries; minute
+        // two: the spell that ended a moment before it, in its block; the
+        // one that ended ten minutes before, on its own in sled.
+        assert_eq!(store.episode_blocks.len(), 3);
+        assert_eq!(store.episodes.len(), 1);
+        assert!(store.open_episodes.is_empty());
+        let answers_before = answers(&store);
+        assert_eq!(
+            answers_before["closed Idle"],
+            [6, 2, 5],
+            "in the order they ended"
+        );
+        assert_eq!(answers_before["closed SlowQuery"], [4]);
+        assert_eq!(answers_before["closed LockWait"], [3], "from the tail");
+        assert_eq!(answers_before["open IdleInTransaction"], [1]);
+        assert_eq!(answers_before["open LockWait"], Vec::<i32>::new());
+        assert_eq!(answers_before["counters"], [5, 3]);
+        let window = EpisodeFilter {
+            ended_from: at(59.2),
+            ended_to: at(60.0),
+            ..EVERYTHING
+        };
+        assert_eq!(closed(&store, Idle, &window), [5]);
+
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(answers(&store), answers_before);
+        // And once more sealed, from the checkpoint the seal left.
+        append(
+            &store,
+            Step {
+                s: 180.0,
+                ..Default::default()
+            },
+        );
+        store.flush().unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        let mut expected = answers_before;
+        expected.insert("counters".into(), vec![6, 3]);
+        assert_eq!(answers(&store), expected);
+
+        // Retention takes blocks and emptied files of episodes by their end.
+        let instance = store.instance_id("db", "5432").unwrap();
+        store.expire(instance, 0, at(61.0)).unwrap();
+        assert_eq!(
+            closed(&store, Idle, &EVERYTHING),
+            [5],
+            "ended within a minute of the cut"
+        );
+        assert_eq!(closed(&store, SlowQuery, &EVERYTHING), Vec::<i32>::new());
+        store
+            .expire(
+                instance,
+                0,
+                at(200.0) + 2 * super::super::segments::DAY,
+            )
+            .unwrap();
+        assert!(store.episode_blocks.is_empty());
+        let files = std::fs::read_dir(dir.path().join("segments").join(instance.to_string()))
+            .unwrap()
+            .filter(|f| {
+                f.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|e| e == "eps")
+            })
+            .count();
+        assert_eq!(files, 0);
+    }
+
+    #[test]
+    fn a_crash_between_the_seal_and_the_new_log_loses_and_repeats_nothing() {
+        let (dir, store) = temp_store();
+        let instance = store.instance_id("db", "5432").unwrap();
+        append(
+            &store,
+            Step {
+                s: 0.0,
+                opened: vec![(Iit, episode(1, at(-10.0), None))],
+                closed: vec![(Idle, episode(2, at(-5.0), Some(at(0.0))))],
+                dropped: 4,
+            },
+        );
+        append(
+            &store,
+            Step {
+                s: 1.0,
+                ..Default::default()
+            },
+        );
+        store.flush().unwrap();
+        let log = dir
+            .path()
+            .join("segments")
+            .join(instance.to_string())
+            .join("open.log");
+        let before_seal = std::fs::read(&log).unwrap();
+        let minute_one = answers(&store);
+        append(
+            &store,
+            Step {
+                s: 60.0,
+                ..Default::default()
+            },
+        );
+        store.flush().unwrap();
+        drop(store);
+        // The log as it was when the crash came: sealed, not yet replaced.
+        std::fs::write(&log, before_seal).unwrap();
+        let store = reopen(dir.path());
+        assert_eq!(answers(&store), minute_one);
+        assert_eq!(
+            store
+                .samples(instance, Micros::MIN, Micros::MAX)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_ne!(
+            std::fs::read(&log).unwrap().len(),
+            0,
+            "replaced by a checkpoint"
+        );
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(answers(&store), minute_one);
+    }
+
+    #[test]
+    fn open_episodes_an_older_build_kept_in_sled_move_to_the_tail() {
+        let (dir, store) = temp_store();
+        let instance = store.instance_id("db", "5432").unwrap();
+        let e = episode(7, at(-30.0), None);
+        let key = keys::open_episode(Iit, instance, e.pid, e.started_us);
+        store.open_episodes.insert(key, e.encode_to_vec()).unwrap();
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(open(&store, Iit), [7]);
+        append(
+            &store,
+            Step {
+                s: 0.0,
+                ..Default::default()
+            },
+        );
+        append(
+            &store,
+            Step {
+                s: 60.0,
+                ..Default::default()
+            },
+        );
+        assert!(store.open_episodes.is_empty(), "removed by the seal");
+        drop(store);
+        let store = reopen(dir.path());
+        assert_eq!(open(&store, Iit), [7], "kept by the checkpoint");
+    }
+
+    #[test]
+    fn a_tail_log_of_format_3_is_sealed_as_it_is() {
+        let (dir, store) = temp_store();
+        let instance = store.instance_id("db", "5432").unwrap();
+        store.meta.insert("format", &3u32.to_be_bytes()).unwrap();
+        drop(store);
+        // Three keyframes of one minute, as a format-3 tail held them.
+        let (mut rng, mut backends) = (Rng(3), Population::default());
+        let samples: Vec<StoredSample> = (0..3).map(|_| backends.step(&mut rng)).collect();
+        let mut raw = Vec::new();
+        let mut prev = 0;
+        for (i, sample) in samples.iter().enumerate() {
+            let t = at(i as f64);
+            encode_entry(&mut raw, prev, t, &sample.encode_to_vec());
+            prev = t;
+        }
+        let log = dir
+            .path()
+            .join("segments")
+            .join(instance.to_string())
+            .join("open.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::fs::write(&log, raw).unwrap();
+        let store = reopen(dir.path());
+        assert_eq!(store.sample_blocks.len(), 1);
+        let read = store.samples(instance, Micros::MIN, Micros::MAX).unwrap();
+        assert_eq!(
+            read.iter().map(|(t, _)| *t).collect::<Vec<_>>(),
+            [at(0.0), at(1.0), at(2.0)]
+        );
+        assert_eq!(read[2].1.sessions, samples[2].sessions);
+        // The rest of that minute comes late; the next is a tail's again.
+        append(
+            &store,
+            Step {
+                s: 3.0,
+                ..Default::default()
+            },
+        );
+        append(
+            &store,
+            Step {
+                s: 60.0,
+                ..Default::default()
+            },
+        );
+        assert_eq!(store.samples.len(), 1);
+        assert_eq!(
+            store
+                .samples(instance, Micros::MIN, Micros::MAX)
+                .unwrap()
+                .len(),
+            5
+        );
+    }
+}

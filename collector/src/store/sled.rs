@@ -69,7 +69,7 @@ pub struct SledStore {
     pub(super) open_episodes: Tree,
     queries: Tree,
     pub(super) identities: Tree,
-    meta: Tree,
+    pub(super) meta: Tree,
     /// id → key in `instances`, so appends find the record to count in.
     instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
     /// Per instance, the last sample appended in order and its encoded
