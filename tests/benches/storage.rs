@@ -12,13 +12,14 @@
 //! Baselines in the same run, on the same snapshots: the bytes the agent
 //! sends (prost, texts once per stream), and the bytes of only the rows
 //! that changed since the previous sample (a row-level delta, full rows).
-//! The store is sled plus the segment files of sealed samples (a minute
-//! per zstd frame); both are reported. Floors, from the stored records
-//! themselves: the sealed samples recompressed ten minutes at a time (zstd
-//! 19) instead of a minute, the closed episodes a thousand at a time; the
-//! same sled records written again into a fresh sled store; and what
-//! sled's amplification on this run would make of the smallest of those
-//! sizes, and what they are without sled.
+//! The store is sled plus files of its own: sealed samples (a minute per
+//! zstd frame), sealed closed episodes (a kind and minute per frame) and
+//! each instance's tail log; each is reported. Floors, from the stored
+//! records themselves: the sealed samples recompressed ten minutes at a
+//! time (zstd 19) instead of a minute, the sealed episodes a mebibyte at a
+//! time (zstd 19); the same sled records written again into a fresh sled
+//! store; and the sum of the smallest of those sizes with sled's part at
+//! this run's amplification, and without it.
 //!
 //! A full day is 86,400 samples; `--hours` simulates a shorter stretch
 //! (default 24; `--quick` 0.25) and the report extrapolates linearly to a
@@ -118,7 +119,7 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
         "{samples} samples ({hours} h at 1 s) of {sessions} client backends = {session_samples:.0} session-samples; ingest took {wall:.0} s wall, {cpu_s:.0} s CPU (simulation included), median {:.2} ms per ingest\n",
         median(&append_ns) / 1e6
     );
-    let segments = blocks.sealed;
+    let segments = blocks.samples + blocks.episodes + blocks.tails;
     let sled_bytes = size_on_disk - segments;
     let mut rows = vec![
         vec![
@@ -132,9 +133,19 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
             format!("{:.1}", per(allocated)),
         ],
         vec![
-            "segment files: sealed samples, a minute per zstd frame, and tails".into(),
-            format!("{:.1} MiB", common::mib(segments)),
-            format!("{:.2}", per(segments)),
+            "files: sealed samples, a minute per zstd frame".into(),
+            format!("{:.1} MiB", common::mib(blocks.samples)),
+            format!("{:.2}", per(blocks.samples)),
+        ],
+        vec![
+            "files: sealed closed episodes, a kind and minute per zstd frame".into(),
+            format!("{:.1} MiB", common::mib(blocks.episodes)),
+            format!("{:.2}", per(blocks.episodes)),
+        ],
+        vec![
+            "files: tail logs (the open minute, the open episodes)".into(),
+            format!("{:.1} MiB", common::mib(blocks.tails)),
+            format!("{:.2}", per(blocks.tails)),
         ],
         vec![
             "sled".into(),
@@ -166,8 +177,8 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
             blocks.ten_minutes,
         ),
         (
-            "closed episodes (keys and values) a thousand at a time, zstd 9",
-            blocks.episodes,
+            "sealed episodes a mebibyte at a time, zstd 19",
+            blocks.episodes_floor,
         ),
     ] {
         rows.push(vec![
@@ -179,9 +190,9 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
     // Samples and episodes at their smallest, the rest as stored, once in
     // sled at this run's amplification and once without it.
     let amplification = sled_bytes as f64 / logical as f64;
-    let rest = (logical - blocks.episodes_logical + blocks.episodes) as f64;
-    let floor = blocks.ten_minutes as f64 + rest * amplification;
-    let bare = blocks.ten_minutes as f64 + rest;
+    let files = (blocks.ten_minutes + blocks.episodes_floor + blocks.tails) as f64;
+    let floor = files + logical as f64 * amplification;
+    let bare = files + logical as f64;
     rows.push(vec![
         format!("floor: those, sled's part at this run's amplification ({amplification:.2}×)"),
         format!("{:.1} MiB", floor / (1u64 << 20) as f64),
@@ -212,12 +223,14 @@ async fn run(hours: f64, sessions: usize, flush_every: u64, keep: String) -> any
         String::new()
     };
     println!(
-        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B; segment files {:.1} B, sled {:.1} B ({:.1} B logical); floor {:.1} B with sled, {:.1} B without",
+        "@@ bytes on disk per session-sample{day} | {:.1} | ≤ 10 | {:.1}× | wire {:.1} B, changed rows only {:.1} B; samples {:.1} B, episodes {:.1} B, tails {:.1} B, sled {:.1} B ({:.1} B logical); floor {:.1} B with sled, {:.1} B without",
         per(size_on_disk),
         per(size_on_disk) / 10.0,
         per(wire),
         per(delta),
-        per(segments),
+        per(blocks.samples),
+        per(blocks.episodes),
+        per(blocks.tails),
         per(sled_bytes),
         per(logical),
         floor / session_samples,
@@ -276,20 +289,21 @@ fn allocated_bytes(dir: &Path) -> u64 {
     total
 }
 
-/// The sealed samples and the closed episodes, as stored and compressed in
-/// larger blocks.
+/// The store's own files, and their contents compressed in larger blocks.
 struct Blocks {
-    sealed: u64,
-    ten_minutes: u64,
-    episodes_logical: u64,
+    samples: u64,
     episodes: u64,
+    tails: u64,
+    ten_minutes: u64,
+    episodes_floor: u64,
 }
 
 impl Blocks {
     fn of(dir: &Path) -> anyhow::Result<Blocks> {
         // One instance: its day files hold its minutes in time order, one
         // zstd frame each, which decode as one stream.
-        let (mut sealed, mut frames, mut minutes) = (0u64, Vec::new(), 0u64);
+        let (mut samples, mut episodes, mut tails) = (0u64, 0u64, 0u64);
+        let (mut frames, mut minutes, mut episode_bytes) = (Vec::new(), 0u64, Vec::new());
         for instance in std::fs::read_dir(dir.join("segments"))? {
             let mut files: Vec<_> = std::fs::read_dir(instance?.path())?
                 .map(|f| f.map(|f| f.path()))
@@ -297,27 +311,30 @@ impl Blocks {
             files.sort();
             for file in files {
                 let bytes = std::fs::read(&file)?;
-                sealed += bytes.len() as u64;
-                if file.extension().is_some_and(|e| e == "seg") {
-                    frames.extend(zstd::stream::decode_all(&bytes[..])?);
-                    minutes += count_frames(&bytes)?;
+                let len = bytes.len() as u64;
+                match file.extension().and_then(|e| e.to_str()) {
+                    Some("seg") => {
+                        samples += len;
+                        frames.extend(zstd::stream::decode_all(&bytes[..])?);
+                        minutes += count_frames(&bytes)?;
+                    }
+                    Some("eps") => {
+                        episodes += len;
+                        episode_bytes.extend(zstd::stream::decode_all(&bytes[..])?);
+                    }
+                    _ => tails += len,
                 }
             }
         }
         let per_ten = (frames.len() as u64 * 10 / minutes.max(1)).max(1) as usize;
         let ten: Vec<Vec<u8>> = frames.chunks(per_ten).map(<[u8]>::to_vec).collect();
-        let db = sled::open(dir)?;
-        let (mut episodes_logical, mut episodes) = (0u64, Vec::new());
-        for kv in db.open_tree("episodes")?.iter() {
-            let (k, v) = kv?;
-            episodes_logical += (k.len() + v.len()) as u64;
-            episodes.push([&k[..], &v[..]].concat());
-        }
+        let mib: Vec<Vec<u8>> = episode_bytes.chunks(1 << 20).map(<[u8]>::to_vec).collect();
         Ok(Blocks {
-            sealed,
+            samples,
+            episodes,
+            tails,
             ten_minutes: compressed_in_blocks(&ten, 1, 19)?,
-            episodes_logical,
-            episodes: compressed_in_blocks(&episodes, 1000, 9)?,
+            episodes_floor: compressed_in_blocks(&mib, 1, 19)?,
         })
     }
 }

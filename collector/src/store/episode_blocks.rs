@@ -86,28 +86,40 @@ pub(super) fn within_reach(minute: Micros, end: Micros) -> bool {
 }
 
 impl SledStore {
-    /// Writes a block of `raw` (episodes of `kind` sealed with `minute`)
-    /// to the day's episode file; returns its index key and record, for
-    /// the seal's transaction.
-    pub(super) fn write_episode_block(
+    /// Writes the blocks of episodes sealed with `minute`, one per kind
+    /// (its kind, its bytes, its first and last end and its count), to the
+    /// day's episode file in one write; returns their index keys and
+    /// records, for the seal's transaction.
+    pub(super) fn write_episode_blocks(
         &self,
         instance: InstanceId,
-        (kind, minute): (EpisodeKind, Micros),
-        raw: &[u8],
-        (first, last, count): (Micros, Micros, u32),
-    ) -> Result<([u8; 13], SampleBlock), StoreError> {
-        let frame = compress_block(raw)?;
+        minute: Micros,
+        blocks: &[(EpisodeKind, Vec<u8>, Micros, Micros, u32)],
+    ) -> Result<Vec<([u8; 13], SampleBlock)>, StoreError> {
+        if blocks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut frames = Vec::new();
+        let mut placed = Vec::with_capacity(blocks.len());
+        for (kind, raw, first, last, count) in blocks {
+            let frame = compress_block(raw)?;
+            let record = SampleBlock {
+                offset: frames.len() as u64,
+                len: frame.len() as u64,
+                raw_len: raw.len() as u64,
+                first_us: *first,
+                last_us: *last,
+                count: *count,
+            };
+            frames.extend_from_slice(&frame);
+            placed.push((keys::episode_block(*kind, instance, minute), record));
+        }
         let at = (Segments::day_of(minute), Holding::Episodes);
-        let offset = self.segments.append(instance, at, &frame)?;
-        let record = SampleBlock {
-            offset,
-            len: frame.len() as u64,
-            raw_len: raw.len() as u64,
-            first_us: first,
-            last_us: last,
-            count,
-        };
-        Ok((keys::episode_block(kind, instance, minute), record))
+        let offset = self.segments.append(instance, at, &frames)?;
+        for (_, record) in &mut placed {
+            record.offset += offset;
+        }
+        Ok(placed)
     }
 
     fn read_episode_block(

@@ -76,19 +76,20 @@ impl SledStore {
             };
             to.push((*kind, key, value, end));
         }
-        let mut episode_blocks = Vec::new();
         // In key order, so a kind's episodes are together, by end.
-        for group in blocked.chunk_by(|a, b| a.0 == b.0) {
-            let raw = encode_block(group.iter().map(|(_, k, v, _)| (*k, v.as_slice())));
-            let bounds = (
-                group[0].3,
-                group[group.len() - 1].3,
-                u32::try_from(group.len()).unwrap_or(u32::MAX),
-            );
-            let (key, record) =
-                self.write_episode_block(instance, (group[0].0, minute), &raw, bounds)?;
-            episode_blocks.push((key, record.encode_to_vec()));
-        }
+        let blocks: Vec<_> = blocked
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|group| {
+                let raw = encode_block(group.iter().map(|(_, k, v, _)| (*k, v.as_slice())));
+                let count = u32::try_from(group.len()).unwrap_or(u32::MAX);
+                (group[0].0, raw, group[0].3, group[group.len() - 1].3, count)
+            })
+            .collect();
+        let episode_blocks: Vec<_> = self
+            .write_episode_blocks(instance, minute, &blocks)?
+            .into_iter()
+            .map(|(key, record)| (key, record.encode_to_vec()))
+            .collect();
 
         let instance_key = self.instance_key_of(instance);
         let legacy = tail.legacy_open();
@@ -380,11 +381,7 @@ mod tests {
         );
         assert_eq!(closed(&store, SlowQuery, &EVERYTHING), Vec::<i32>::new());
         store
-            .expire(
-                instance,
-                0,
-                at(200.0) + 2 * super::super::segments::DAY,
-            )
+            .expire(instance, 0, at(200.0) + 2 * super::super::segments::DAY)
             .unwrap();
         assert!(store.episode_blocks.is_empty());
         let files = std::fs::read_dir(dir.path().join("segments").join(instance.to_string()))

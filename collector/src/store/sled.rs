@@ -284,7 +284,8 @@ impl SledStore {
     fn whole_rollup(&self, key: &[u8], head: &[u8]) -> Result<Rollup, StoreError> {
         let mut bytes = head.to_vec();
         if let Some(maps) = self.rollup_maps.get(key)? {
-            bytes.extend_from_slice(&maps);
+            // Stored plain before format 4.
+            bytes.extend_from_slice(&compress::unpack(maps)?);
         }
         decode("rollups", &bytes)
     }
