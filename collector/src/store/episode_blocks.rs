@@ -15,9 +15,11 @@
 //! while) are kept one per key in sled's `episodes`, as every episode was
 //! before format 4.
 //!
-//! A block decompressed is its episodes in key order, each as its
-//! 25-byte key ([`keys::closed_episode`]), the value's length (varint) and
-//! the value ([`super::closed`]).
+//! A block decompressed is its episodes in key order (by end, pid,
+//! start), each as the zigzag varints of its end less the one before's
+//! (from 0), its pid, and its end less its start, then the value's length
+//! (varint) and the value ([`super::closed`]). Kind and instance are the
+//! index key's.
 
 use std::ops::Range;
 
@@ -27,10 +29,9 @@ use prost::encoding::{decode_varint, encode_varint};
 
 use super::keys::{self, EpisodeKind, InstanceId};
 use super::records::{EpisodeSpan, SampleBlock};
-use super::sealed::{compress_block, minute_of};
+use super::sealed::{compress_block, minute_of, unzigzag, zigzag};
 use super::segments::{Holding, Segments};
 use super::sled::{decode, SledStore};
-use super::tail::ClosedKey;
 use super::{EpisodeFilter, StoreError};
 
 /// How far an episode's end may lie from the minute it is sealed with.
@@ -48,12 +49,21 @@ impl EpisodeBlock {
         let damaged = || StoreError::Unpack("episode block");
         let mut entries = Vec::new();
         let mut rest: &[u8] = &bytes;
+        let mut end: Micros = 0;
         while !rest.is_empty() {
-            if rest.len() < 25 {
-                return Err(damaged());
-            }
-            let span = keys::closed_episode_span(&rest[..25]);
-            rest = &rest[25..];
+            let mut next = || {
+                decode_varint(&mut rest)
+                    .map(unzigzag)
+                    .map_err(|_| damaged())
+            };
+            end = end.wrapping_add(next()?);
+            let pid = i32::try_from(next()?).map_err(|_| damaged())?;
+            let lasted = next()?;
+            let span = EpisodeSpan {
+                pid,
+                started_us: end.wrapping_sub(lasted),
+                ended_us: end,
+            };
             let len = decode_varint(&mut rest).map_err(|_| damaged())?;
             let len = usize::try_from(len).map_err(|_| damaged())?;
             if len > rest.len() {
@@ -67,13 +77,18 @@ impl EpisodeBlock {
     }
 }
 
-/// The bytes of a block of `episodes` (keys and values, in key order).
-pub(super) fn encode_block<'a>(
-    episodes: impl Iterator<Item = (&'a ClosedKey, &'a [u8])>,
-) -> Vec<u8> {
+/// The bytes of a block of `episodes` (spans and values, in key order).
+pub(super) fn encode_block<'a>(episodes: impl Iterator<Item = (EpisodeSpan, &'a [u8])>) -> Vec<u8> {
     let mut out = Vec::new();
-    for (key, value) in episodes {
-        out.extend_from_slice(key);
+    let mut end: Micros = 0;
+    for (span, value) in episodes {
+        encode_varint(zigzag(span.ended_us.wrapping_sub(end)), &mut out);
+        encode_varint(zigzag(i64::from(span.pid)), &mut out);
+        encode_varint(
+            zigzag(span.ended_us.wrapping_sub(span.started_us)),
+            &mut out,
+        );
+        end = span.ended_us;
         encode_varint(value.len() as u64, &mut out);
         out.extend_from_slice(value);
     }
@@ -221,5 +236,52 @@ impl SledStore {
         let day = (Segments::day_of(before), Holding::Episodes);
         self.segments.remove_before(instance, day)?;
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::Rng;
+
+    #[test]
+    fn spans_and_values_round_trip_through_a_block_at_the_edges_of_their_types() {
+        let mut rng = Rng(21);
+        let mut episodes: Vec<(EpisodeSpan, Vec<u8>)> = (0..500)
+            .map(|i| {
+                let span = EpisodeSpan {
+                    pid: rng.signed() as i32,
+                    started_us: rng.signed(),
+                    ended_us: if i % 7 == 0 {
+                        i64::MIN + i
+                    } else {
+                        rng.signed()
+                    },
+                };
+                (span, rng.text().into_bytes())
+            })
+            .collect();
+        episodes.push((
+            EpisodeSpan {
+                pid: i32::MIN,
+                started_us: i64::MAX,
+                ended_us: i64::MIN,
+            },
+            Vec::new(),
+        ));
+        episodes.sort_by_key(|(s, _)| (s.ended_us, s.pid as u32, s.started_us));
+        let raw = encode_block(episodes.iter().map(|(s, v)| (*s, v.as_slice())));
+        let block = EpisodeBlock::decode(Bytes::from(raw.clone())).unwrap();
+        let read: Vec<(EpisodeSpan, Vec<u8>)> = block
+            .entries
+            .iter()
+            .map(|(s, r)| (*s, block.bytes[r.clone()].to_vec()))
+            .collect();
+        assert_eq!(read, episodes);
+        // Cut short, it is damage, never a panic.
+        for cut in [1, raw.len() / 2, raw.len() - 1] {
+            let cut = EpisodeBlock::decode(Bytes::from(raw[..cut].to_vec()));
+            assert!(matches!(cut, Err(StoreError::Unpack(_))));
+        }
     }
 }

@@ -6,10 +6,12 @@
 //! # Layout (sled and segment files)
 //!
 //! One tree per record kind; keys are big-endian (see [`keys`]) so each
-//! (instance, time window) is one range scan. Samples are kept beside sled
-//! in files of the store's own: each instance's open minute in its tail
-//! ([`tail`]), whole minutes sealed into per-day segment files
-//! ([`sealed`], [`segments`]).
+//! (instance, time window) is one range scan. Samples and episodes are kept
+//! beside sled in files of the store's own: what each instance is still
+//! writing (its open minute, open episodes, episodes closed since the last
+//! seal, counters) in its tail ([`tail`]); whole minutes sealed ([`seal`])
+//! into per-day segment files of samples ([`sealed`]) and of closed
+//! episodes ([`episode_blocks`]), see [`segments`].
 //!
 //! | tree            | key                                   | value              |
 //! |-----------------|---------------------------------------|--------------------|
@@ -19,9 +21,10 @@
 //! | `samples`       | instance u32, time                    | a late sample (or one written before format 3): a keyframe [`StoredSample`] |
 //! | `facts`         | instance u32, time                    | `pb::InstanceFacts`|
 //! | `rollups`       | instance u32, resolution u8, start    | [`Rollup`] without its maps |
-//! | `rollup_maps`   | as `rollups`                          | the rollup's maps (`maxima`, `waits`, `wait_queries`) |
-//! | `episodes`      | kind u8, instance u32, ended, pid, started | [`EpisodeRecord`] without what the key holds ([`closed`]) |
-//! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`]  |
+//! | `rollup_maps`   | as `rollups`                          | the rollup's maps (`maxima`, `waits`, `wait_queries`), compressed |
+//! | `episode_blocks`| kind u8, instance u32, minute start   | where the kind's episodes sealed with the minute are ([`SampleBlock`](records::SampleBlock)) |
+//! | `episodes`      | kind u8, instance u32, ended, pid, started | an episode stored on its own (ended long before its seal, or written before format 4): [`EpisodeRecord`] without what the key holds ([`closed`]) |
+//! | `open_episodes` | kind u8, instance u32, pid, started   | [`EpisodeRecord`], from stores before format 4: read at open, removed by the next seal |
 //! | `identities`    | id u32                                | user, database, application, client, backend type ([`identities`]) |
 //! | `queries`       | xxh3-64 of the text                   | the text (UTF-8)   |
 //!
@@ -29,16 +32,22 @@
 //!
 //! - A sample is stored at most once per (instance, time): [`Store::append`]
 //!   of a sample already stored changes nothing and reports a duplicate.
-//!   Its rollup, episodes, facts, texts and the instance's counters are
-//!   written in one transaction, all or none, and the sample to its tail
-//!   once that has committed.
+//!   What it writes to sled (rollups it closes, facts, texts; a late
+//!   sample itself and the instance's counters) is one transaction, all or
+//!   none, and the sample, its episode changes and its counts are one
+//!   entry of its tail, written once that has committed.
+//! - A tail's minute is sealed once: blocks written and synced, then
+//!   indexed (with the identities they refer to and the counts moved into
+//!   the instance's record) in one transaction, flushed, and only then the
+//!   tail's file replaced by a checkpoint of the open episodes.
 //! - A delta's chain is whole within its block (or tail): deltas are taken
 //!   within a minute, and a minute is sealed once, when the next starts.
 //! - Every `query_id` a stored row or episode holds has its text in
 //!   `queries` (texts are written before or with their first reference).
-//! - Every identity id a closed episode holds has its record in
+//! - Every identity id a sealed episode holds has its record in
 //!   `identities` (written with its first reference, never removed).
-//! - An episode is in `open_episodes` or in `episodes`, never both.
+//! - An episode is open (in its tail) or closed (in its tail until sealed,
+//!   then in a block or in `episodes`), never both.
 //! - A rollup is its `rollups` value followed by its `rollup_maps` value,
 //!   decoded as one message; both are written in the same transaction and
 //!   expire by the same key range (`rollups` first).
@@ -56,7 +65,8 @@
 //!   them all (see [`crate::ingest::longest`]).
 //! - Retention removes samples (and facts superseded before the cut) older
 //!   than the raw horizon, and rollups and closed episodes older than the
-//!   long horizon (an hour rollup stays while an episode it lists does);
+//!   long horizon, a block of episodes once all of them are (an hour
+//!   rollup stays while an episode it lists does);
 //!   open episodes and the latest facts always stay.
 //! - `facts` holds an entry only where the facts changed.
 
@@ -224,9 +234,9 @@ pub trait Store: Send + Sync + 'static {
     fn instance_id(&self, host: &str, instance: &str) -> Result<InstanceId, StoreError>;
     /// Every known instance.
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
-    /// Writes a sample and its derived records (those atomically, the
-    /// sample once they are). Returns `false` (and writes nothing) when the
-    /// sample was already stored.
+    /// Writes a sample and its derived records (in the order the module's
+    /// invariants give). Returns `false` when the sample was already
+    /// stored, writing nothing more than its episode changes again.
     fn append(&self, append: &Append) -> Result<bool, StoreError>;
     /// Whether a sample of `instance` at `t` is stored.
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError>;

@@ -80,7 +80,11 @@ impl SledStore {
         let blocks: Vec<_> = blocked
             .chunk_by(|a, b| a.0 == b.0)
             .map(|group| {
-                let raw = encode_block(group.iter().map(|(_, k, v, _)| (*k, v.as_slice())));
+                let raw = encode_block(
+                    group
+                        .iter()
+                        .map(|(_, k, v, _)| (keys::closed_episode_span(*k), v.as_slice())),
+                );
                 let count = u32::try_from(group.len()).unwrap_or(u32::MAX);
                 (group[0].0, raw, group[0].3, group[group.len() - 1].3, count)
             })
