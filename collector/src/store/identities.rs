@@ -9,11 +9,11 @@
 //!
 //! The store keeps every identity in memory both ways (by id for reads,
 //! by value for writes), loaded when it opens. An id is handed out before
-//! the append that first refers to it, and the identity is written in
-//! that append's transaction; it is known to be stored only once that
-//! transaction has committed, so until then every append that refers to
-//! it writes it again (the same bytes under the same key). An id handed
-//! out by an append that never committed is referred to by nothing stored,
+//! the seal ([`super::seal`]) that first refers to it, and the identity is
+//! written in that seal's transaction; it is known to be stored only once
+//! that transaction has committed, so until then every seal that refers
+//! to it writes it again (the same bytes under the same key). An id handed
+//! out by a seal that never committed is referred to by nothing stored,
 //! so after a restart the next id may reuse it.
 //!
 //! Identities are never removed: the tree and the memory it takes grow

@@ -236,7 +236,8 @@ pub trait Store: Send + Sync + 'static {
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError>;
     /// Writes a sample and its derived records (in the order the module's
     /// invariants give). Returns `false` when the sample was already
-    /// stored, writing nothing more than its episode changes again.
+    /// stored: nothing is written, but for a late sample's episode
+    /// changes, written again as they were.
     fn append(&self, append: &Append) -> Result<bool, StoreError>;
     /// Whether a sample of `instance` at `t` is stored.
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError>;

@@ -9,9 +9,12 @@
 //!    `episodes`.
 //! 3. One sled transaction: the blocks' index entries, those episodes,
 //!    the identities they are first to refer to, and the instance's
-//!    counters (samples and dropped snapshots since the last seal); then
-//!    a flush.
-//! 4. The tail's file replaced by a checkpoint of the open episodes.
+//!    counters (samples and dropped snapshots since the last seal). From
+//!    its commit on, the tail no longer holds the minute.
+//! 4. A sled flush, then the tail's file replaced by a checkpoint of the
+//!    open episodes (retried by the next append if either fails; the tail
+//!    takes no entries meanwhile); then the open episodes a store before
+//!    format 4 kept in sled are removed, the checkpoint holding them.
 //!
 //! A crash before 3 leaves bytes nothing refers to at the end of the
 //! files, and the tail as it was: the minute is sealed again. A crash
@@ -96,7 +99,6 @@ impl SledStore {
             .collect();
 
         let instance_key = self.instance_key_of(instance);
-        let legacy = tail.legacy_open();
         let (samples, dropped) = (tail.len() as u64, tail.dropped());
         let trees = (
             &self.sample_blocks,
@@ -104,59 +106,64 @@ impl SledStore {
             &self.episodes,
             &self.identities,
             &self.instances,
-            &self.open_episodes,
         );
         trees
-            .transaction(
-                |(sample_blocks, blocks, episodes, idents, instances, open)| {
-                    if let Some(record) = &sample_block {
-                        sample_blocks
-                            .insert(&keys::instance_time(instance, minute), record.as_slice())?;
-                    }
-                    for (key, record) in &episode_blocks {
-                        blocks.insert(key, record.as_slice())?;
-                    }
-                    for (_, key, value, _) in &loose {
-                        episodes.insert(key.as_slice(), value.as_slice())?;
-                    }
-                    for (id, identity) in &new_identities {
-                        idents.insert(&identities::key(*id), identity.as_slice())?;
-                    }
-                    for key in legacy {
-                        open.remove(key.as_slice())?;
-                    }
-                    let Some(v) = instances.get(&instance_key)? else {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::MissingInstance(instance),
-                        ));
-                    };
-                    let mut record: InstanceRecord =
-                        decode("instances", &v).map_err(ConflictableTransactionError::Abort)?;
-                    record.samples += samples;
-                    record.dropped += dropped;
-                    instances.insert(instance_key.as_slice(), record.encode_to_vec())?;
-                    Ok(())
-                },
-            )
+            .transaction(|(sample_blocks, blocks, episodes, idents, instances)| {
+                if let Some(record) = &sample_block {
+                    sample_blocks
+                        .insert(&keys::instance_time(instance, minute), record.as_slice())?;
+                }
+                for (key, record) in &episode_blocks {
+                    blocks.insert(key, record.as_slice())?;
+                }
+                for (_, key, value, _) in &loose {
+                    episodes.insert(key.as_slice(), value.as_slice())?;
+                }
+                for (id, identity) in &new_identities {
+                    idents.insert(&identities::key(*id), identity.as_slice())?;
+                }
+                let Some(v) = instances.get(&instance_key)? else {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::MissingInstance(instance),
+                    ));
+                };
+                let mut record: InstanceRecord =
+                    decode("instances", &v).map_err(ConflictableTransactionError::Abort)?;
+                record.samples += samples;
+                record.dropped += dropped;
+                instances.insert(instance_key.as_slice(), record.encode_to_vec())?;
+                Ok(())
+            })
             .map_err(|e| match e {
                 TransactionError::Abort(e) => e,
                 TransactionError::Storage(e) => StoreError::Sled(e),
             })?;
-        self.db.flush()?;
-        self.known_identities.settle(&new_identities);
+        // Committed: whatever fails from here, the minute is sealed.
         tail.sealed(minute);
+        self.known_identities.settle(&new_identities);
         self.restart_tail(instance, tail)
     }
 
     /// Replaces a sealed tail's file with a checkpoint of its open
-    /// episodes. Until that succeeds the tail takes no entries.
+    /// episodes, once sled has the seal on disk; then removes the open
+    /// episodes sled kept before format 4, which the checkpoint holds now.
+    /// Until that succeeds the tail takes no entries.
     pub(super) fn restart_tail(
         &self,
         instance: InstanceId,
         tail: &mut Tail,
     ) -> Result<(), StoreError> {
+        self.db.flush()?;
+        let legacy = tail.legacy_open().to_vec();
         let log = self.segments.replace_log(instance, tail.checkpoint())?;
         tail.restarted(log);
+        if !legacy.is_empty() {
+            let mut batch = sled::Batch::default();
+            for key in legacy {
+                batch.remove(key.as_slice());
+            }
+            self.open_episodes.apply_batch(batch)?;
+        }
         Ok(())
     }
 }
@@ -457,6 +464,29 @@ mod tests {
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(answers(&store), minute_one);
+    }
+
+    #[test]
+    fn a_tail_entry_that_does_not_read_is_cut_off_with_what_follows() {
+        let (dir, store) = temp_store();
+        let instance = store.instance_id("db", "5432").unwrap();
+        two_minutes(&store);
+        store.flush().unwrap();
+        let expected = answers(&store);
+        drop(store);
+        let log = dir
+            .path()
+            .join("segments")
+            .join(instance.to_string())
+            .join("open.log");
+        let whole = std::fs::read(&log).unwrap();
+        // Zeros a power loss left after the last entry synced.
+        let mut bytes = whole.clone();
+        bytes.extend_from_slice(&[0; 64]);
+        std::fs::write(&log, bytes).unwrap();
+        let store = reopen(dir.path());
+        assert_eq!(answers(&store), expected);
+        assert_eq!(std::fs::read(&log).unwrap(), whole);
     }
 
     #[test]

@@ -447,7 +447,19 @@ impl SledStore {
         instance: InstanceId,
         filter: &EpisodeFilter,
     ) -> Result<Vec<(EpisodeSpan, ClosedValue)>, StoreError> {
+        // The tail first: a seal between the reads moves its episodes into
+        // what is read next, so they are read twice (and kept once), never
+        // missed.
         let mut out = Vec::new();
+        let tail = self.tail(instance)?;
+        let tail = tail.lock().expect("not poisoned");
+        for (key, (k, e)) in tail.closed() {
+            let span = keys::closed_episode_span(key);
+            if *k == kind && filter.lets_through(&span) {
+                out.push((span, ClosedValue::Whole(Box::new(e.clone()))));
+            }
+        }
+        drop(tail);
         let prefix = keys::episode_prefix(kind, instance);
         // A key shorter than the full key sorts before every full key that
         // extends it.
@@ -469,17 +481,9 @@ impl SledStore {
         for (span, value) in self.sealed_episodes(kind, instance, filter)? {
             out.push((span, ClosedValue::Stored(value)));
         }
-        let tail = self.tail(instance)?;
-        let tail = tail.lock().expect("not poisoned");
-        for (key, (k, e)) in tail.closed() {
-            let span = keys::closed_episode_span(key);
-            if *k == kind && filter.lets_through(&span) {
-                out.push((span, ClosedValue::Whole(Box::new(e.clone()))));
-            }
-        }
-        drop(tail);
         // Key order: end, then pid as the key holds it, then start.
         out.sort_by_key(|(s, _)| (s.ended_us, s.pid as u32, s.started_us));
+        out.dedup_by_key(|(s, _)| *s);
         Ok(out)
     }
 
@@ -544,10 +548,16 @@ impl Store for SledStore {
     fn instances(&self) -> Result<Vec<InstanceRecord>, StoreError> {
         let mut out = Vec::new();
         for entry in self.instances.iter() {
-            let mut record: InstanceRecord = decode("instances", &entry?.1)?;
-            // What the tail counted since its last seal.
-            let tail = self.tail(record.id)?;
+            let (key, value) = entry?;
+            let id = decode::<InstanceRecord>("instances", &value)?.id;
+            // What the tail counted since its last seal, read under its lock
+            // with the record, so no seal falls between the two.
+            let tail = self.tail(id)?;
             let tail = tail.lock().expect("not poisoned");
+            let Some(value) = self.instances.get(&key)? else {
+                continue;
+            };
+            let mut record: InstanceRecord = decode("instances", &value)?;
             record.samples += tail.len() as u64;
             record.dropped += tail.dropped();
             out.push(record);
@@ -671,7 +681,9 @@ impl Store for SledStore {
             .cloned()
             .collect();
         for tail in tails {
-            let Some((file, path)) = tail.lock().expect("not poisoned").take_unsynced() else {
+            // Written only now, after sled's flush: an entry never reaches
+            // the disk before what its append wrote to sled.
+            let Some((file, path)) = tail.lock().expect("not poisoned").write_pending()? else {
                 continue;
             };
             file.sync_data().map_err(|source| StoreError::Segment {
@@ -864,18 +876,17 @@ impl Store for SledStore {
         span: &EpisodeSpan,
     ) -> Result<Option<EpisodeRecord>, StoreError> {
         let key = keys::closed_episode(kind, instance, span.ended_us, span.pid, span.started_us);
-        let value = match self.episodes.get(key)? {
-            Some(v) => Some(ClosedValue::Stored(Bytes::copy_from_slice(&v))),
-            None => {
-                let tail = self.tail(instance)?;
-                let whole = tail.lock().expect("not poisoned").closed_at(&key).cloned();
-                match whole {
-                    Some(e) => Some(ClosedValue::Whole(Box::new(e))),
-                    None => self
-                        .sealed_episode(kind, instance, span)?
-                        .map(ClosedValue::Stored),
-                }
-            }
+        // The tail first, as in `scan_closed`.
+        let tail = self.tail(instance)?;
+        let whole = tail.lock().expect("not poisoned").closed_at(&key).cloned();
+        let value = match whole {
+            Some(e) => Some(ClosedValue::Whole(Box::new(e))),
+            None => match self.episodes.get(key)? {
+                Some(v) => Some(ClosedValue::Stored(Bytes::copy_from_slice(&v))),
+                None => self
+                    .sealed_episode(kind, instance, span)?
+                    .map(ClosedValue::Stored),
+            },
         };
         value.map(|v| self.closed_record(span, v)).transpose()
     }

@@ -6,8 +6,10 @@
 //! byte written to it for good (sled 0.34 does not win back the space of
 //! values removed soon after).
 //!
-//! Each append writes one entry to the file, synced by the next flush:
-//! the sample (unless it came late and went to sled), the episodes it
+//! Each append adds one entry, held in memory and written to the file
+//! (then synced) by the next flush, after sled's own flush, so an entry
+//! never reaches the disk before what the same append wrote to sled: the
+//! sample (unless it came late and went to sled), the episodes it
 //! opened, changed or closed, and the snapshots the agent dropped before
 //! it. When the instance's next minute starts, the minute is sealed
 //! ([`super::seal`]) and the file replaced by one holding a single
@@ -17,7 +19,9 @@
 //!
 //! An entry is a block's entry ([`super::sealed::encode_entry`]: time,
 //! length, payload), so a write torn by a crash loses only its own,
-//! incomplete, entry, which opening cuts off. The payload is a flags
+//! incomplete, entry, which opening cuts off, as it cuts off everything
+//! from the first entry that does not read (zeros a power loss left, say;
+//! entries carry no checksum). The payload is a flags
 //! byte, then with [`SAMPLE`] the sample's length (varint) and stored
 //! value, then the rest: a [`TailEpisodes`] message.
 
@@ -99,8 +103,10 @@ pub(super) struct Tail {
     pub minute: Option<Micros>,
     file: Arc<File>,
     path: PathBuf,
-    /// The file's bytes.
+    /// The file's bytes, and entries not yet written to it.
     raw: Vec<u8>,
+    /// How much of `raw` the file holds.
+    written: usize,
     /// Times and places in `raw` of its samples, in time order.
     entries: Vec<(Micros, Range<usize>)>,
     /// The episodes open now.
@@ -140,6 +146,7 @@ impl Tail {
             file: Arc::new(file),
             path,
             raw: Vec::new(),
+            written: 0,
             entries: Vec::new(),
             open: BTreeMap::new(),
             closed: BTreeMap::new(),
@@ -155,56 +162,41 @@ impl Tail {
             tail.legacy.push(key);
             tail.open.insert(key, (kind, e));
         }
-        if whole < raw.len() {
-            // A write the crash cut short.
-            tail.file
-                .set_len(whole as u64)
-                .map_err(|e| tail.failed(e))?;
-        }
-        tail.last_written = entries.last().map_or(0, |(t, _)| *t);
+        let (mut good, mut entry_start) = (whole, 0);
         for (at, range) in entries {
-            tail.replay(at, &raw, range)?;
+            let end = range.end;
+            let Some(entry) = Replay::read(&raw, range) else {
+                tracing::warn!(
+                    path = %tail.path.display(),
+                    offset = entry_start,
+                    "a tail entry does not read: the log is cut off there"
+                );
+                good = entry_start;
+                break;
+            };
+            tail.last_written = at;
+            tail.apply_replay(at, entry);
+            entry_start = end;
+        }
+        if good < raw.len() {
+            // A write the crash cut short, or left unreadable.
+            tail.file.set_len(good as u64).map_err(|e| tail.failed(e))?;
         }
         tail.raw = raw;
-        tail.raw.truncate(whole);
+        tail.raw.truncate(good);
+        tail.written = good;
         Ok(tail)
     }
 
-    /// Applies the entry at `at`, `raw[range]`, to memory.
-    fn replay(&mut self, at: Micros, raw: &[u8], range: Range<usize>) -> Result<(), StoreError> {
-        let damaged = || StoreError::Unpack("tail log");
-        let payload = &raw[range.clone()];
-        let (&flags, mut rest) = payload.split_first().ok_or_else(damaged)?;
-        if flags & SAMPLE != 0 {
-            let len = decode_varint(&mut rest).map_err(|_| damaged())?;
-            let len = usize::try_from(len).map_err(|_| damaged())?;
-            if len > rest.len() {
-                return Err(damaged());
-            }
-            let start = range.end - rest.len();
-            self.add_sample(at, start..start + len);
-            rest = &rest[len..];
+    /// Applies an entry read back from the file.
+    fn apply_replay(&mut self, at: Micros, entry: Replay) {
+        if let Some(sample) = entry.sample {
+            self.add_sample(at, sample);
         }
-        let episodes = TailEpisodes::decode(rest).map_err(|_| damaged())?;
-        if flags & CHECKPOINT != 0 {
+        if entry.checkpoint {
             self.open.clear();
         }
-        let kinded = |e: TailEpisode| -> Result<(EpisodeKind, EpisodeRecord), StoreError> {
-            let kind = EpisodeKind::try_from(e.kind).map_err(|_| damaged())?;
-            Ok((kind, e.record.ok_or_else(damaged)?))
-        };
-        let opened: Vec<_> = episodes
-            .opened
-            .into_iter()
-            .map(kinded)
-            .collect::<Result<_, _>>()?;
-        let closed: Vec<_> = episodes
-            .closed
-            .into_iter()
-            .map(kinded)
-            .collect::<Result<_, _>>()?;
-        self.apply(&opened, &closed, episodes.dropped);
-        Ok(())
+        self.apply(&entry.opened, &entry.closed, entry.dropped);
     }
 
     fn add_sample(&mut self, at: Micros, value: Range<usize>) {
@@ -248,17 +240,9 @@ impl Tail {
             !self.stale,
             "a sealed tail is restarted before it takes entries"
         );
-        let start = self.raw.len();
         let value = encode_payload(entry, 0);
         sealed::encode_entry(&mut self.raw, self.last_written, entry.at, &value);
-        if let Err(e) = (&*self.file).write_all(&self.raw[start..]) {
-            // What did get written would misalign every entry after it.
-            let _ = self.file.set_len(start as u64);
-            self.raw.truncate(start);
-            return Err(self.failed(e));
-        }
         self.last_written = entry.at;
-        self.unsynced = true;
         if let Some(sample) = entry.sample {
             // The sample follows the flags byte and its length.
             let value_start =
@@ -269,13 +253,23 @@ impl Tail {
         Ok(())
     }
 
-    /// The file to sync, if something was pushed since this was last
-    /// asked: synced by the caller, without holding the tail up.
-    pub fn take_unsynced(&mut self) -> Option<(Arc<File>, PathBuf)> {
-        if !std::mem::take(&mut self.unsynced) {
-            return None;
+    /// Writes to the file the entries pushed since the last call; returns
+    /// the file to sync, if anything was written since the last sync
+    /// (synced by the caller, without holding the tail up).
+    pub fn write_pending(&mut self) -> Result<Option<(Arc<File>, PathBuf)>, StoreError> {
+        if self.written < self.raw.len() {
+            if let Err(e) = (&*self.file).write_all(&self.raw[self.written..]) {
+                // What did get written would misalign every entry after it.
+                let _ = self.file.set_len(self.written as u64);
+                return Err(self.failed(e));
+            }
+            self.written = self.raw.len();
+            self.unsynced = true;
         }
-        Some((self.file.clone(), self.path.clone()))
+        if !std::mem::take(&mut self.unsynced) {
+            return Ok(None);
+        }
+        Ok(Some((self.file.clone(), self.path.clone())))
     }
 
     /// How many samples it holds.
@@ -348,7 +342,6 @@ impl Tail {
     pub fn sealed(&mut self, minute: Micros) {
         self.entries.clear();
         self.closed.clear();
-        self.legacy.clear();
         self.dropped = 0;
         self.unsynced = false;
         self.snapshot = None;
@@ -367,9 +360,12 @@ impl Tail {
     pub fn restarted(&mut self, (file, path, raw): (File, PathBuf, Vec<u8>)) {
         self.file = Arc::new(file);
         self.path = path;
+        self.written = raw.len();
         self.raw = raw;
         self.last_written = 0;
         self.stale = false;
+        // The checkpoint holds them now.
+        self.legacy.clear();
     }
 
     /// Its samples as a block, for reads; `None` while it has none.
@@ -391,6 +387,50 @@ impl Tail {
             path: self.path.display().to_string(),
             source,
         }
+    }
+}
+
+/// An entry read back from a tail's file.
+struct Replay {
+    sample: Option<Range<usize>>,
+    checkpoint: bool,
+    opened: Vec<(EpisodeKind, EpisodeRecord)>,
+    closed: Vec<(EpisodeKind, EpisodeRecord)>,
+    dropped: u64,
+}
+
+impl Replay {
+    /// The entry whose payload is `raw[range]`, if it reads.
+    fn read(raw: &[u8], range: Range<usize>) -> Option<Replay> {
+        let payload = &raw[range.clone()];
+        let (&flags, mut rest) = payload.split_first()?;
+        let mut sample = None;
+        if flags & SAMPLE != 0 {
+            let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+            if len > rest.len() {
+                return None;
+            }
+            let start = range.end - rest.len();
+            sample = Some(start..start + len);
+            rest = &rest[len..];
+        }
+        let episodes = TailEpisodes::decode(rest).ok()?;
+        let kinded = |e: TailEpisode| Some((EpisodeKind::try_from(e.kind).ok()?, e.record?));
+        Some(Replay {
+            sample,
+            checkpoint: flags & CHECKPOINT != 0,
+            opened: episodes
+                .opened
+                .into_iter()
+                .map(kinded)
+                .collect::<Option<_>>()?,
+            closed: episodes
+                .closed
+                .into_iter()
+                .map(kinded)
+                .collect::<Option<_>>()?,
+            dropped: episodes.dropped,
+        })
     }
 }
 
