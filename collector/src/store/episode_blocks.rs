@@ -27,6 +27,7 @@ use pgtrail_proto::time::Micros;
 use prost::bytes::Bytes;
 use prost::encoding::{decode_varint, encode_varint};
 
+use super::expire::remove_blocks;
 use super::keys::{self, EpisodeKind, InstanceId};
 use super::records::{EpisodeSpan, SampleBlock};
 use super::sealed::{compress_block, minute_of, unzigzag, zigzag};
@@ -214,24 +215,16 @@ impl SledStore {
         instance: InstanceId,
         before: Micros,
     ) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        let mut batch = sled::Batch::default();
         // A block's episodes ended before its minute's end.
         let last = before.saturating_sub(REACH);
-        for kind in super::expire::ALL_EPISODE_KINDS {
+        let ranges = super::expire::ALL_EPISODE_KINDS.map(|kind| {
             let from = keys::episode_block(kind, instance, Micros::MIN);
-            let to = keys::episode_block(kind, instance, last);
-            for entry in self.episode_blocks.range(from..=to) {
-                let (k, v) = entry?;
-                removed += u64::from(decode::<SampleBlock>("episode_blocks", &v)?.count);
-                batch.remove(k);
-            }
-        }
-        if removed > 0 {
-            self.episode_blocks.apply_batch(batch)?;
-            // Nothing may refer to a file when it goes.
-            self.episode_blocks.flush()?;
-        }
+            (
+                from.to_vec(),
+                keys::episode_block(kind, instance, last).to_vec(),
+            )
+        });
+        let removed = remove_blocks(&self.episode_blocks, "episode_blocks", ranges)?;
         // A day's blocks all ended before the next day's start.
         let day = (Segments::day_of(before), Holding::Episodes);
         self.segments.remove_before(instance, day)?;

@@ -4,6 +4,8 @@
 use sled::Tree;
 
 use super::keys::EpisodeKind;
+use super::records::SampleBlock;
+use super::sled::decode;
 use super::StoreError;
 
 /// Every episode kind there is.
@@ -45,4 +47,29 @@ pub(super) fn remove_range(
         removed += keys.len() as u64;
         std::thread::yield_now();
     }
+}
+
+/// Removes the index entries of sealed blocks in `tree` (`name`) within
+/// the inclusive key `ranges`, in one batch, flushed before it returns (a
+/// file may go only once nothing refers to it); returns how many records
+/// the blocks held.
+pub(super) fn remove_blocks(
+    tree: &Tree,
+    name: &'static str,
+    ranges: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    let mut batch = sled::Batch::default();
+    for (from, to) in ranges {
+        for entry in tree.range(from..=to) {
+            let (k, v) = entry?;
+            removed += u64::from(decode::<SampleBlock>(name, &v)?.count);
+            batch.remove(k);
+        }
+    }
+    if removed > 0 {
+        tree.apply_batch(batch)?;
+        tree.flush()?;
+    }
+    Ok(removed)
 }

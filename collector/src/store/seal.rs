@@ -229,6 +229,17 @@ mod tests {
         assert!(store.append(&append).unwrap(), "stored at {} s", step.s);
     }
 
+    /// A sample at `s` that changes no episode.
+    fn tick(store: &SledStore, s: f64) {
+        append(
+            store,
+            Step {
+                s,
+                ..Default::default()
+            },
+        );
+    }
+
     const EVERYTHING: EpisodeFilter = EpisodeFilter {
         ended_from: Micros::MIN,
         ended_to: Micros::MAX,
@@ -368,13 +379,7 @@ mod tests {
         let store = reopen(dir.path());
         assert_eq!(answers(&store), answers_before);
         // And once more sealed, from the checkpoint the seal left.
-        append(
-            &store,
-            Step {
-                s: 180.0,
-                ..Default::default()
-            },
-        );
+        tick(&store, 180.0);
         store.flush().unwrap();
         drop(store);
         let store = reopen(dir.path());
@@ -421,13 +426,7 @@ mod tests {
                 dropped: 4,
             },
         );
-        append(
-            &store,
-            Step {
-                s: 1.0,
-                ..Default::default()
-            },
-        );
+        tick(&store, 1.0);
         store.flush().unwrap();
         let log = dir
             .path()
@@ -436,13 +435,7 @@ mod tests {
             .join("open.log");
         let before_seal = std::fs::read(&log).unwrap();
         let minute_one = answers(&store);
-        append(
-            &store,
-            Step {
-                s: 60.0,
-                ..Default::default()
-            },
-        );
+        tick(&store, 60.0);
         store.flush().unwrap();
         drop(store);
         // The log as it was when the crash came: sealed, not yet replaced.
@@ -499,20 +492,8 @@ mod tests {
         drop(store);
         let store = reopen(dir.path());
         assert_eq!(open(&store, Iit), [7]);
-        append(
-            &store,
-            Step {
-                s: 0.0,
-                ..Default::default()
-            },
-        );
-        append(
-            &store,
-            Step {
-                s: 60.0,
-                ..Default::default()
-            },
-        );
+        tick(&store, 0.0);
+        tick(&store, 60.0);
         assert!(store.open_episodes.is_empty(), "removed by the seal");
         drop(store);
         let store = reopen(dir.path());
@@ -551,20 +532,8 @@ mod tests {
         );
         assert_eq!(read[2].1.sessions, samples[2].sessions);
         // The rest of that minute comes late; the next is a tail's again.
-        append(
-            &store,
-            Step {
-                s: 3.0,
-                ..Default::default()
-            },
-        );
-        append(
-            &store,
-            Step {
-                s: 60.0,
-                ..Default::default()
-            },
-        );
+        tick(&store, 3.0);
+        tick(&store, 60.0);
         assert_eq!(store.samples.len(), 1);
         assert_eq!(
             store

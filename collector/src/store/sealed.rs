@@ -28,6 +28,7 @@ use prost::bytes::Bytes;
 use prost::encoding::{decode_varint, encode_varint};
 
 use super::compress;
+use super::expire::remove_blocks;
 use super::keys::{self, InstanceId, Resolution};
 use super::records::SampleBlock;
 use super::segments::{Holding, Segments};
@@ -266,23 +267,11 @@ impl SledStore {
         instance: InstanceId,
         before: Micros,
     ) -> Result<u64, StoreError> {
-        let mut removed = 0;
-        let mut batch = sled::Batch::default();
-        for entry in Self::instance_range(
-            &self.sample_blocks,
-            instance,
-            Micros::MIN,
-            before.saturating_sub(1),
-        ) {
-            let (k, v) = entry?;
-            removed += u64::from(decode::<SampleBlock>("sample_blocks", &v)?.count);
-            batch.remove(k);
-        }
-        if removed > 0 {
-            self.sample_blocks.apply_batch(batch)?;
-            // Nothing may refer to a file when it goes.
-            self.sample_blocks.flush()?;
-        }
+        let range = (
+            keys::instance_time(instance, Micros::MIN).to_vec(),
+            keys::instance_time(instance, before.saturating_sub(1)).to_vec(),
+        );
+        let removed = remove_blocks(&self.sample_blocks, "sample_blocks", [range])?;
         self.segments
             .remove_before(instance, (Segments::day_of(before), Holding::Samples))?;
         Ok(removed)
