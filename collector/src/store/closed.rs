@@ -34,13 +34,16 @@ use super::StoreError;
 /// The first byte of a compact value.
 pub const MARKER: u8 = 0x00;
 
+/// The tag of [`CompactEpisode`]'s `backend_start`.
+pub(super) const BACKEND_START: u32 = 2;
+
 /// A closed episode without what its key holds.
 #[derive(Clone, PartialEq, prost::Message)]
 struct CompactEpisode {
     /// The session's identity (absent: none, as for instance episodes).
     #[prost(uint32, optional, tag = "1")]
     identity: Option<u32>,
-    /// backend_start − started.
+    /// backend_start − started ([`BACKEND_START`]).
     #[prost(sint64, optional, tag = "2")]
     backend_start: Option<i64>,
     /// xact_start − started.

@@ -16,10 +16,13 @@
 //! before format 4.
 //!
 //! A block decompressed is its episodes in key order (by end, pid,
-//! start), each as the zigzag varints of its end less the one before's
-//! (from 0), its pid, and its end less its start, then the value's length
-//! (varint) and the value ([`super::closed`]). Kind and instance are the
-//! index key's.
+//! start), laid out by column ([`super::episode_columns`], index entries
+//! whose `layout` is [`LAYOUT_COLUMNS`]) or, when the values do not fit
+//! that layout and in blocks written before format 5, entry after entry:
+//! each as the zigzag varints of its end less the one before's (from 0),
+//! its pid, and its end less its start, then the value's length (varint)
+//! and the value ([`super::closed`]). Kind and instance are the index
+//! key's.
 
 use std::ops::Range;
 
@@ -27,9 +30,10 @@ use pgtrail_proto::time::Micros;
 use prost::bytes::Bytes;
 use prost::encoding::{decode_varint, encode_varint};
 
+use super::episode_columns;
 use super::expire::remove_blocks;
 use super::keys::{self, EpisodeKind, InstanceId};
-use super::records::{EpisodeSpan, SampleBlock};
+use super::records::{EpisodeSpan, SampleBlock, LAYOUT_COLUMNS};
 use super::sealed::{compress_block, minute_of, unzigzag, zigzag};
 use super::segments::{Holding, Segments};
 use super::sled::{decode, SledStore};
@@ -46,7 +50,23 @@ struct EpisodeBlock {
 }
 
 impl EpisodeBlock {
-    fn decode(bytes: Bytes) -> Result<EpisodeBlock, StoreError> {
+    /// A block's bytes, decompressed, as `layout` has them.
+    fn decode(raw: Vec<u8>, layout: u32) -> Result<EpisodeBlock, StoreError> {
+        match layout {
+            0 => Self::decode_entries(Bytes::from(raw)),
+            LAYOUT_COLUMNS => {
+                let (values, entries) =
+                    episode_columns::decode(&raw).ok_or(StoreError::Unpack("episode block"))?;
+                Ok(EpisodeBlock {
+                    bytes: Bytes::from(values),
+                    entries,
+                })
+            }
+            _ => Err(StoreError::Unpack("episode block layout")),
+        }
+    }
+
+    fn decode_entries(bytes: Bytes) -> Result<EpisodeBlock, StoreError> {
         let damaged = || StoreError::Unpack("episode block");
         let mut entries = Vec::new();
         let mut rest: &[u8] = &bytes;
@@ -78,8 +98,19 @@ impl EpisodeBlock {
     }
 }
 
-/// The bytes of a block of `episodes` (spans and values, in key order).
-pub(super) fn encode_block<'a>(episodes: impl Iterator<Item = (EpisodeSpan, &'a [u8])>) -> Vec<u8> {
+/// The bytes of a block of `episodes` (spans and values, in key order),
+/// and their layout: by column when the values fit, else entry after entry.
+pub(super) fn encode_block(episodes: &[(EpisodeSpan, &[u8])]) -> (Vec<u8>, u32) {
+    match episode_columns::encode(episodes) {
+        Some(raw) => (raw, LAYOUT_COLUMNS),
+        None => (encode_entries(episodes.iter().copied()), 0),
+    }
+}
+
+/// The bytes of a block of `episodes` entry after entry.
+pub(super) fn encode_entries<'a>(
+    episodes: impl Iterator<Item = (EpisodeSpan, &'a [u8])>,
+) -> Vec<u8> {
     let mut out = Vec::new();
     let mut end: Micros = 0;
     for (span, value) in episodes {
@@ -96,6 +127,10 @@ pub(super) fn encode_block<'a>(episodes: impl Iterator<Item = (EpisodeSpan, &'a 
     out
 }
 
+/// A block of one kind to write: its kind, its bytes and their layout,
+/// its first and last end, and how many episodes it holds.
+pub(super) type EpisodeBlockBytes = (EpisodeKind, (Vec<u8>, u32), Micros, Micros, u32);
+
 /// Whether an episode that ended at `end` is sealed with minute `minute`.
 pub(super) fn within_reach(minute: Micros, end: Micros) -> bool {
     (minute.saturating_sub(REACH)..minute.saturating_add(REACH)).contains(&end)
@@ -103,21 +138,22 @@ pub(super) fn within_reach(minute: Micros, end: Micros) -> bool {
 
 impl SledStore {
     /// Writes the blocks of episodes sealed with `minute`, one per kind
-    /// (its kind, its bytes, its first and last end and its count), to the
+    /// (its kind, its bytes and their layout, its first and last end and
+    /// its count), to the
     /// day's episode file in one write; returns their index keys and
     /// records, for the seal's transaction.
     pub(super) fn write_episode_blocks(
         &self,
         instance: InstanceId,
         minute: Micros,
-        blocks: &[(EpisodeKind, Vec<u8>, Micros, Micros, u32)],
+        blocks: &[EpisodeBlockBytes],
     ) -> Result<Vec<([u8; 13], SampleBlock)>, StoreError> {
         if blocks.is_empty() {
             return Ok(Vec::new());
         }
         let mut frames = Vec::new();
         let mut placed = Vec::with_capacity(blocks.len());
-        for (kind, raw, first, last, count) in blocks {
+        for (kind, (raw, layout), first, last, count) in blocks {
             let frame = compress_block(raw)?;
             let record = SampleBlock {
                 offset: frames.len() as u64,
@@ -126,6 +162,7 @@ impl SledStore {
                 first_us: *first,
                 last_us: *last,
                 count: *count,
+                layout: *layout,
             };
             frames.extend_from_slice(&frame);
             placed.push((keys::episode_block(*kind, instance, minute), record));
@@ -150,7 +187,7 @@ impl SledStore {
         let frame = self.segments.read(instance, at, record.offset, len)?;
         let raw_len = usize::try_from(record.raw_len).map_err(|_| damaged())?;
         let raw = zstd::bulk::decompress(&frame, raw_len).map_err(|_| damaged())?;
-        EpisodeBlock::decode(Bytes::from(raw))
+        EpisodeBlock::decode(raw, record.layout)
     }
 
     /// The sealed episodes of `kind` that `filter` lets through, with
@@ -263,8 +300,8 @@ mod tests {
             Vec::new(),
         ));
         episodes.sort_by_key(|(s, _)| (s.ended_us, s.pid as u32, s.started_us));
-        let raw = encode_block(episodes.iter().map(|(s, v)| (*s, v.as_slice())));
-        let block = EpisodeBlock::decode(Bytes::from(raw.clone())).unwrap();
+        let raw = encode_entries(episodes.iter().map(|(s, v)| (*s, v.as_slice())));
+        let block = EpisodeBlock::decode(raw.clone(), 0).unwrap();
         let read: Vec<(EpisodeSpan, Vec<u8>)> = block
             .entries
             .iter()
@@ -273,7 +310,7 @@ mod tests {
         assert_eq!(read, episodes);
         // Cut short, it is damage, never a panic.
         for cut in [1, raw.len() / 2, raw.len() - 1] {
-            let cut = EpisodeBlock::decode(Bytes::from(raw[..cut].to_vec()));
+            let cut = EpisodeBlock::decode(raw[..cut].to_vec(), 0);
             assert!(matches!(cut, Err(StoreError::Unpack(_))));
         }
     }

@@ -75,6 +75,7 @@ mod closed;
 mod compress;
 mod delta;
 mod episode_blocks;
+mod episode_columns;
 mod expire;
 mod identities;
 mod keys;

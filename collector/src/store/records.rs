@@ -50,7 +50,15 @@ pub struct SampleBlock {
     /// How many samples it holds.
     #[prost(uint32, tag = "6")]
     pub count: u32,
+    /// How its bytes are laid out: 0, entry after entry; for episode
+    /// blocks, [`LAYOUT_COLUMNS`] (format 5), by column.
+    #[prost(uint32, tag = "7")]
+    pub layout: u32,
 }
+
+/// [`SampleBlock::layout`] of an episode block by column
+/// ([`super::episode_columns`]).
+pub const LAYOUT_COLUMNS: u32 = 1;
 
 /// One stored sample (tree `samples`).
 #[derive(Clone, PartialEq, prost::Message)]

@@ -62,6 +62,7 @@ impl SledStore {
                 first_us,
                 last_us,
                 count: u32::try_from(tail.len()).unwrap_or(u32::MAX),
+                layout: 0,
             };
             sample_block = Some(record.encode_to_vec());
         }
@@ -83,11 +84,11 @@ impl SledStore {
         let blocks: Vec<_> = blocked
             .chunk_by(|a, b| a.0 == b.0)
             .map(|group| {
-                let raw = encode_block(
-                    group
-                        .iter()
-                        .map(|(_, k, v, _)| (keys::closed_episode_span(*k), v.as_slice())),
-                );
+                let episodes: Vec<_> = group
+                    .iter()
+                    .map(|(_, k, v, _)| (keys::closed_episode_span(*k), v.as_slice()))
+                    .collect();
+                let raw = encode_block(&episodes);
                 let count = u32::try_from(group.len()).unwrap_or(u32::MAX);
                 (group[0].0, raw, group[0].3, group[group.len() - 1].3, count)
             })

@@ -35,8 +35,8 @@ use prost::bytes::Bytes;
 /// at a time into segment files, which a build of format 2 would not see;
 /// format 4, closed episodes sealed with them, and open episodes, counters
 /// and the open minute's closed episodes kept in the tail's log rather
-/// than in sled.
-pub const FORMAT: u32 = 4;
+/// than in sled; format 5, episode blocks laid out by column.
+pub const FORMAT: u32 = 5;
 
 /// The oldest layout this build reads: its values still decode. Opening
 /// such a store marks it with [`FORMAT`], since what is written from then
@@ -248,6 +248,7 @@ impl SledStore {
             first_us: first.0,
             last_us: last.0,
             count: u32::try_from(entries.len()).unwrap_or(u32::MAX),
+            layout: 0,
         };
         self.sample_blocks.insert(
             keys::instance_time(instance, minute),

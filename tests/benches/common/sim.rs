@@ -253,7 +253,7 @@ impl Sim {
         self.lock_waits();
         for (_, p) in &mut self.aux {
             if self.rng.unit() < 0.3 {
-                *p.utime_us.get_or_insert(0) += 1_000;
+                *p.utime_us.get_or_insert(0) += 10_000;
                 *p.voluntary_ctxt_switches.get_or_insert(0) += 10;
             }
         }
@@ -454,18 +454,26 @@ impl Sim {
         slot.state = state;
     }
 
-    /// What a second (or `secs`) of life does to a process's counters.
+    /// What a second (or `secs`) of life does to a process's counters, in
+    /// the units `/proc` has them: CPU time in clock ticks (10 ms at
+    /// USER_HZ 100), IO in pages. CPU % is what the agent works out from
+    /// the ticks and the time between its reads, which is never exactly
+    /// the interval (a few milliseconds either way).
     fn tick(&mut self, i: usize, secs: i32) {
+        const TICK: u64 = 10_000;
         let busy = matches!(self.slots[i].state, State::Active);
-        let r = self.rng.below(400_000) * secs as u64;
+        let ticks = self.rng.below(40) * secs as u64;
+        let (user, system) = (ticks - ticks / 8, ticks / 8);
+        let elapsed = (secs as u64 * 1_000_000 + self.rng.below(10_000)).saturating_sub(5_000);
+        let r = ticks * TICK;
         let p = &mut self.slots[i].process;
         if busy {
-            *p.utime_us.get_or_insert(0) += r;
-            *p.stime_us.get_or_insert(0) += r / 8;
-            p.cpu_pct = Some((r as f32 / (secs as f32 * 10_000.0)).min(100.0));
+            *p.utime_us.get_or_insert(0) += user * TICK;
+            *p.stime_us.get_or_insert(0) += system * TICK;
+            p.cpu_pct = Some((r as f64 * 100.0 / elapsed as f64) as f32);
             *p.voluntary_ctxt_switches.get_or_insert(0) += 5 + r / 10_000;
             *p.nonvoluntary_ctxt_switches.get_or_insert(0) += r / 100_000;
-            *p.read_bytes.get_or_insert(0) += r * 8;
+            *p.read_bytes.get_or_insert(0) += (r * 8) & !0xfff;
             *p.rss_bytes.get_or_insert(0) += r & 0xf000;
         } else {
             p.cpu_pct = Some(0.0);
