@@ -207,7 +207,7 @@ mod tests {
         for entry in store.sample_entries(instance, Micros::MIN, Micros::MAX) {
             let s = StoredSample::decode(entry.unwrap().1).unwrap();
             if !s.keyframe {
-                patches += s.session_patches.len() + s.process_patches.len();
+                patches += s.session_id_patches.len() + s.process_patches.len();
                 rows += s.sessions.len() + s.processes.len();
             }
         }

@@ -35,7 +35,7 @@ use prost::encoding::{
 };
 use prost::{DecodeError, Message};
 
-use super::patch::{self, PatchError};
+use super::patch::{self, Literal, PatchError};
 use super::records::StoredSample;
 
 /// `StoredSample`'s field numbers for its rows and patches.
@@ -43,6 +43,11 @@ const SESSION_ROWS: u32 = 1;
 const PROCESS_ROWS: u32 = 2;
 const SESSION_PATCHES: u32 = 11;
 const PROCESS_PATCHES: u32 = 12;
+const SESSION_ID_PATCHES: u32 = 13;
+
+/// The fields of `pb::Session` that are identifiers, written as they are
+/// in its patches: `query_id` (18) and `pg_query_id` (19).
+const SESSION_IDS: Literal = 1 << 18 | 1 << 19;
 
 /// Where one kind of row goes in a `StoredSample`.
 #[derive(Debug, Clone, Copy)]
@@ -51,15 +56,19 @@ struct Tags {
     rows: u32,
     /// Field patches.
     patches: u32,
+    /// The fields those patches write as they are.
+    literal: Literal,
 }
 
 const SESSIONS: Tags = Tags {
     rows: SESSION_ROWS,
-    patches: SESSION_PATCHES,
+    patches: SESSION_ID_PATCHES,
+    literal: SESSION_IDS,
 };
 const PROCESSES: Tags = Tags {
     rows: PROCESS_ROWS,
     patches: PROCESS_PATCHES,
+    literal: 0,
 };
 
 /// A stored sample as read: everything but its rows decoded, its rows and
@@ -77,8 +86,9 @@ pub struct Stored {
 struct Changes {
     /// Full rows.
     rows: Vec<Bytes>,
-    /// Field patches, each starting with its pid.
-    patches: Vec<Bytes>,
+    /// Field patches, each starting with its pid, and the fields each
+    /// writes as they are.
+    patches: Vec<(Bytes, Literal)>,
 }
 
 impl Stored {
@@ -93,20 +103,25 @@ impl Stored {
             let mut payload = rest;
             skip_field(wire_type, tag, &mut rest, DecodeContext::default())?;
             let end = bytes.len() - rest.len();
-            let list = match tag {
-                SESSION_ROWS => Some(&mut sessions.rows),
-                PROCESS_ROWS => Some(&mut processes.rows),
-                SESSION_PATCHES => Some(&mut sessions.patches),
-                PROCESS_PATCHES => Some(&mut processes.patches),
-                _ => None,
+            let (list, literal) = match tag {
+                SESSION_ROWS => (Some(&mut sessions.rows), None),
+                PROCESS_ROWS => (Some(&mut processes.rows), None),
+                SESSION_PATCHES => (None, Some((&mut sessions.patches, 0))),
+                SESSION_ID_PATCHES => (None, Some((&mut sessions.patches, SESSION_IDS))),
+                PROCESS_PATCHES => (None, Some((&mut processes.patches, 0))),
+                _ => (None, None),
             };
-            match list {
-                Some(list) if wire_type == WireType::LengthDelimited => {
-                    // `skip_field` checked that the length fits.
-                    let len = decode_varint(&mut payload)? as usize;
-                    list.push(bytes.slice(end - len..end));
-                }
-                _ => head.extend_from_slice(&bytes[start..end]),
+            if wire_type != WireType::LengthDelimited || (list.is_none() && literal.is_none()) {
+                head.extend_from_slice(&bytes[start..end]);
+                continue;
+            }
+            // `skip_field` checked that the length fits.
+            let len = decode_varint(&mut payload)? as usize;
+            let value = bytes.slice(end - len..end);
+            match (list, literal) {
+                (Some(list), _) => list.push(value),
+                (_, Some((patches, literal))) => patches.push((value, literal)),
+                (None, None) => unreachable!("checked above"),
             }
         }
         Ok(Self {
@@ -190,11 +205,11 @@ fn apply<M>(
         };
         rows.insert(patch::first_field(row)? as i32, kept);
     }
-    for p in &changes.patches {
+    for (p, literal) in &changes.patches {
         let (pid, fields) = patch::pid(p)?;
         let kept = rows.get_mut(&pid).ok_or(PatchError::NoBase(pid))?;
         let mut row = Vec::with_capacity(kept.bytes.len() + fields.len() + 8);
-        patch::apply(&kept.bytes, fields, &mut row)?;
+        patch::apply(&kept.bytes, fields, *literal, &mut row)?;
         kept.bytes = row.into();
         kept.decoded = None;
     }
@@ -241,6 +256,7 @@ fn whole(
     header.gone_processes.clear();
     header.session_patches.clear();
     header.process_patches.clear();
+    header.session_id_patches.clear();
     header
 }
 
@@ -368,7 +384,7 @@ fn changes(
                 let (old, new) = (base.row(b), now.row(a));
                 if old != new {
                     scratch.clear();
-                    let patched = patch::write(a.pid, old, new, &mut scratch).is_ok();
+                    let patched = patch::write(a.pid, old, new, tags.literal, &mut scratch).is_ok();
                     if patched && scratch.len() < new.len() {
                         put(tags.patches, &scratch, out);
                     } else {
@@ -441,6 +457,7 @@ fn header(
         gone_processes,
         session_patches: Vec::new(),
         process_patches: Vec::new(),
+        session_id_patches: Vec::new(),
     }
 }
 
@@ -514,6 +531,36 @@ mod tests {
     }
 
     #[test]
+    fn query_ids_are_patched_as_they_are_and_older_patches_still_apply() {
+        let with = |query_id: u64, state: &str| pb::Session {
+            query_id: Some(query_id),
+            pg_query_id: Some(query_id as i64 >> 1),
+            ..idle(1, state)
+        };
+        let a = full(vec![with(0x9e37_79b9_7f4a_7c15, "idle")], vec![]);
+        let b = full(vec![with(0x9e37_79b9_7f4a_7c16, "active")], vec![]);
+        let stored = StoredSample::decode(delta(&a, &b).as_slice()).unwrap();
+        let [patch] = stored.session_id_patches.as_slice() else {
+            panic!("one patch: {stored:?}");
+        };
+        // Both ids whole: 8 bytes of the query id's varint and more.
+        assert!(patch.len() > 2 * 8, "{} bytes", patch.len());
+
+        // As a build of format 4 wrote it: differences, in field 11.
+        let (old, new) = (a.sessions[0].encode_to_vec(), b.sessions[0].encode_to_vec());
+        let mut differenced = Vec::new();
+        patch::write(1, &old, &new, 0, &mut differenced).unwrap();
+        assert!(differenced.len() < patch.len());
+        let older = StoredSample {
+            session_patches: vec![differenced],
+            base_us: Some(100),
+            ..Default::default()
+        };
+        let rebuilt = read(&[keyframe(&a), older.encode_to_vec()]);
+        assert_eq!(rebuilt[1].sessions, b.sessions);
+    }
+
+    #[test]
     fn a_delta_holds_only_what_changed_and_rebuilds_the_sample() {
         let mut wide = rss(5, 50);
         wide.title = "postgres: app db 10.0.0.1(5000) idle".into();
@@ -539,8 +586,8 @@ mod tests {
         );
         let pids: Vec<i32> = stored.sessions.iter().map(|s| s.pid).collect();
         assert_eq!(pids, vec![4], "session 1 did not change, 3 is patched");
-        assert_eq!(stored.session_patches.len(), 1);
-        assert_eq!(patch::pid(&stored.session_patches[0]).unwrap().0, 3);
+        assert_eq!(stored.session_id_patches.len(), 1);
+        assert_eq!(patch::pid(&stored.session_id_patches[0]).unwrap().0, 3);
         assert_eq!(stored.gone_sessions, vec![2]);
         // Process 3's patch would be as long as its row.
         let pids: Vec<i32> = stored.processes.iter().map(|p| p.pid).collect();
@@ -553,7 +600,7 @@ mod tests {
         let rebuilt = read(&[keyframe(&a), bytes]);
         assert_eq!(rebuilt[0], whole(&a));
         assert_eq!(rebuilt[1], whole(&b));
-        assert!(rebuilt[1].session_patches.is_empty() && rebuilt[1].base_us.is_none());
+        assert!(rebuilt[1].session_id_patches.is_empty() && rebuilt[1].base_us.is_none());
     }
 
     #[test]
@@ -606,7 +653,7 @@ mod tests {
                     Some(before) => delta(before, &sample),
                 };
                 let stored = StoredSample::decode(value.as_slice()).unwrap();
-                patches += stored.session_patches.len() + stored.process_patches.len();
+                patches += stored.session_id_patches.len() + stored.process_patches.len();
                 changed_rows += stored.sessions.len() + stored.processes.len();
                 values.push(value);
                 samples.push(sample);

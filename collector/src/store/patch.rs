@@ -26,6 +26,9 @@
 //! their difference: `zigzag(new - old)` as a varint, subtracting the u64
 //! values with wrapping. A counter that moved a little costs a byte or two,
 //! and any varint (a negative `int32`, a timestamp) comes back exactly.
+//! The caller names fields exempt from this ([`Literal`]): identifiers such
+//! as a query's hash, whose differences are as random as they are and,
+//! unlike them, never repeat for compression to find.
 //!
 //! Applying a patch walks the base's groups and the patch's entries by tag
 //! and writes the merge, in tag order: for rows prost encoded, the very
@@ -74,8 +77,14 @@ pub enum PatchError {
 }
 
 /// Appends to `out` the patch of the row of `pid` that turns `base` into
-/// `new`.
-pub fn write(pid: i32, base: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<(), PatchError> {
+/// `new`, writing the fields of `literal` as they are.
+pub fn write(
+    pid: i32,
+    base: &[u8],
+    new: &[u8],
+    literal: Literal,
+    out: &mut Vec<u8>,
+) -> Result<(), PatchError> {
     encode_varint(pid as i64 as u64, out);
     let (mut old, mut now) = (Groups::new(base), Groups::new(new));
     // What the two start with byte for byte is the same groups: read once.
@@ -88,7 +97,10 @@ pub fn write(pid: i32, base: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<(),
             (Some(a), Some(b)) if a == b => {
                 let (a, b) = (old.take()?, now.take()?);
                 if old.bytes(&a) != now.bytes(&b) {
-                    now.entry(&b, old.single_varint(&a), out)?;
+                    let base_value = old
+                        .single_varint(&a)
+                        .filter(|_| differenced(literal, a.tag));
+                    now.entry(&b, base_value, out)?;
                 }
             }
             (Some(a), b) if b.is_none_or(|b| a < b) => {
@@ -104,6 +116,16 @@ pub fn write(pid: i32, base: &[u8], new: &[u8], out: &mut Vec<u8>) -> Result<(),
     }
 }
 
+/// Which fields a patch writes as they are even when a difference could
+/// be taken: bit `t` for tag `t` (tags from 64 up are always differenced).
+/// Writer and reader must agree on it.
+pub type Literal = u64;
+
+/// Whether a single varint of field `tag` is written as a difference.
+fn differenced(literal: Literal, tag: u32) -> bool {
+    tag >= 64 || literal & 1 << tag == 0
+}
+
 /// The pid a patch is of, and the rest of it.
 pub fn pid(patch: &[u8]) -> Result<(i32, &[u8]), PatchError> {
     let mut pos = 0;
@@ -112,8 +134,13 @@ pub fn pid(patch: &[u8]) -> Result<(i32, &[u8]), PatchError> {
 }
 
 /// Appends to `out` the encoding that `fields` (a patch without its pid,
-/// see [`pid`]) makes of `base`.
-pub fn apply(base: &[u8], fields: &[u8], out: &mut Vec<u8>) -> Result<(), PatchError> {
+/// see [`pid`], written with the same `literal`) makes of `base`.
+pub fn apply(
+    base: &[u8],
+    fields: &[u8],
+    literal: Literal,
+    out: &mut Vec<u8>,
+) -> Result<(), PatchError> {
     let mut old = Groups::new(base);
     let mut pos = 0;
     let mut last = 0;
@@ -133,7 +160,7 @@ pub fn apply(base: &[u8], fields: &[u8], out: &mut Vec<u8>) -> Result<(), PatchE
             _ => None,
         };
         match before.and_then(|g| old.single_varint(&g)) {
-            Some(value) if n == 1 && wire_type == VARINT => {
+            Some(value) if n == 1 && wire_type == VARINT && differenced(literal, tag) => {
                 let difference = unzigzag(varint(fields, &mut pos)?);
                 encode_varint(key(tag, wire_type), out);
                 encode_varint(value.wrapping_add(difference), out);
@@ -507,13 +534,23 @@ mod tests {
         base: &M,
         new: &M,
     ) -> usize {
+        round_trip_with(pid, base, new, 0)
+    }
+
+    /// As [`round_trip`], with the fields of `literal` written as they are.
+    fn round_trip_with<M: Message + Default + PartialEq + std::fmt::Debug>(
+        pid: i32,
+        base: &M,
+        new: &M,
+        literal: Literal,
+    ) -> usize {
         let (b, n) = (base.encode_to_vec(), new.encode_to_vec());
         let mut patch = Vec::new();
-        write(pid, &b, &n, &mut patch).unwrap();
+        write(pid, &b, &n, literal, &mut patch).unwrap();
         let (got_pid, fields) = self::pid(&patch).unwrap();
         assert_eq!(got_pid, pid);
         let mut out = Vec::new();
-        apply(&b, fields, &mut out).unwrap();
+        apply(&b, fields, literal, &mut out).unwrap();
         assert_eq!(M::decode(out.as_slice()).unwrap(), *new);
         assert_eq!(out, n, "the bytes prost writes");
         patch.len()
@@ -530,12 +567,46 @@ mod tests {
             let b = mix(&a, &other, &mut rng, percent);
             round_trip(pid, &a, &b);
             round_trip(pid, &b, &a);
+            let literal = rng.next();
+            round_trip_with(pid, &a, &b, literal);
+            round_trip_with(pid, &b, &a, literal);
             let a = process(&mut rng, pid);
             let other = process(&mut rng, pid);
             let b = mix(&a, &other, &mut rng, percent);
             round_trip(pid, &a, &b);
             round_trip(pid, &b, &a);
         }
+    }
+
+    #[test]
+    fn literal_fields_are_written_as_they_are() {
+        let base = pb::Session {
+            pid: 9,
+            query_id: Some(0x1234_5678_9abc_def0),
+            pg_query_id: Some(-42),
+            ..Default::default()
+        };
+        let new = pb::Session {
+            query_id: Some(0x1234_5678_9abc_def1),
+            pg_query_id: Some(-43),
+            ..base.clone()
+        };
+        // As differences, one byte each; as they are, the whole varints.
+        let differenced = round_trip(9, &base, &new);
+        let literal = round_trip_with(9, &base, &new, 1 << 18 | 1 << 19);
+        let whole = |v: u64| prost::encoding::encoded_len_varint(v);
+        assert_eq!(
+            literal - differenced,
+            whole(0x1234_5678_9abc_def1) + whole(-43i64 as u64) - 2
+        );
+        // A patch read with another mask than it was written with is not
+        // the new row.
+        let (b, n) = (base.encode_to_vec(), new.encode_to_vec());
+        let mut patch = Vec::new();
+        write(9, &b, &n, 1 << 18, &mut patch).unwrap();
+        let mut out = Vec::new();
+        apply(&b, self::pid(&patch).unwrap().1, 0, &mut out).unwrap();
+        assert_ne!(out, n);
     }
 
     #[test]
@@ -669,32 +740,35 @@ mod tests {
         }
         .encode_to_vec();
         let mut patch = Vec::new();
-        write(3, &row, &other, &mut patch).unwrap();
+        write(3, &row, &other, 0, &mut patch).unwrap();
         let (_, fields) = pid(&patch).unwrap();
         let mut out = Vec::new();
         // Cut anywhere, an error or (cut between fields) another row.
         for cut in 0..fields.len() {
-            let _ = apply(&row, &fields[..cut], &mut out);
+            let _ = apply(&row, &fields[..cut], 0, &mut out);
         }
         for cut in 0..row.len() {
-            let _ = apply(&row[..cut], fields, &mut out);
+            let _ = apply(&row[..cut], fields, 0, &mut out);
         }
         let short = &row[..row.len() - 1];
-        assert_eq!(apply(short, fields, &mut out), Err(PatchError::Truncated));
         assert_eq!(
-            write(3, short, &other, &mut out),
+            apply(short, fields, 0, &mut out),
+            Err(PatchError::Truncated)
+        );
+        assert_eq!(
+            write(3, short, &other, 0, &mut out),
             Err(PatchError::Truncated)
         );
         let group = [0x0b, 0x0c];
         assert_eq!(
-            apply(&group, &[0x10, 0], &mut out),
+            apply(&group, &[0x10, 0], 0, &mut out),
             Err(PatchError::WireType {
                 tag: 1,
                 wire_type: 3
             })
         );
         assert_eq!(
-            write(1, &group, &row, &mut out),
+            write(1, &group, &row, 0, &mut out),
             Err(PatchError::WireType {
                 tag: 1,
                 wire_type: 3
@@ -704,16 +778,19 @@ mod tests {
         let mut swapped = other[2..].to_vec();
         swapped.extend_from_slice(&other[..2]);
         assert_eq!(
-            write(3, &swapped, &row, &mut out),
+            write(3, &swapped, &row, 0, &mut out),
             Err(PatchError::Order(1))
         );
         assert_eq!(
-            apply(&row, &[0x78, 0, 0x78, 0], &mut out),
+            apply(&row, &[0x78, 0, 0x78, 0], 0, &mut out),
             Err(PatchError::Order(15))
         );
-        assert_eq!(apply(&row, &[0x00, 0], &mut out), Err(PatchError::Key(0)));
         assert_eq!(
-            apply(&row, &[0x7a, 1, 5, b'x'], &mut out),
+            apply(&row, &[0x00, 0], 0, &mut out),
+            Err(PatchError::Key(0))
+        );
+        assert_eq!(
+            apply(&row, &[0x7a, 1, 5, b'x'], 0, &mut out),
             Err(PatchError::Truncated)
         );
         assert_eq!(pid(&[0x80]), Err(PatchError::Truncated));

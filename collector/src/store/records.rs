@@ -101,6 +101,11 @@ pub struct StoredSample {
     /// For a delta: processes that changed, as field patches.
     #[prost(bytes = "vec", repeated, tag = "12")]
     pub process_patches: Vec<Vec<u8>>,
+    /// For a delta: sessions that changed, as field patches that write
+    /// query ids as they are rather than as differences (format 5; earlier
+    /// deltas have `session_patches`).
+    #[prost(bytes = "vec", repeated, tag = "13")]
+    pub session_id_patches: Vec<Vec<u8>>,
 }
 
 /// A count at its highest, and when it was first reached.

@@ -35,7 +35,8 @@ use prost::bytes::Bytes;
 /// at a time into segment files, which a build of format 2 would not see;
 /// format 4, closed episodes sealed with them, and open episodes, counters
 /// and the open minute's closed episodes kept in the tail's log rather
-/// than in sled; format 5, episode blocks laid out by column.
+/// than in sled; format 5, episode blocks laid out by column and session
+/// patches that write query ids as they are.
 pub const FORMAT: u32 = 5;
 
 /// The oldest layout this build reads: its values still decode. Opening
