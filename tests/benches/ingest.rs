@@ -17,6 +17,15 @@
 //! and writing each one's encoded bytes into a bare sled tree with a flush
 //! after each (the least a durable ack costs on this disk).
 //!
+//! The floor under the collector, in the same run on the same snapshots:
+//! a receiver that does what every collector must and nothing else. It is
+//! this bench's executable started again (with `PGTRAIL_BENCH_RECEIVER`
+//! set to the address to serve), with the collector's allocator: it reads
+//! each stream through the same tonic server, turns every message back
+//! into a self-contained snapshot (`StreamDecoder`, which validates it)
+//! and acknowledges it at once, storing nothing. Its CPU per snapshot is
+//! the least the gRPC path costs on this machine.
+//!
 //! Flags: `--quick`, `--streams 1,4,16`, `--snapshots 2000` (in total per
 //! N), `--sessions 200`.
 
@@ -37,10 +46,20 @@ use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 
+/// As the collector's binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Snapshots sent ahead of the acknowledgements, per stream.
 const WINDOW: usize = 32;
 
+/// Set to an address, the executable is the receive-only floor serving it.
+const RECEIVER: &str = "PGTRAIL_BENCH_RECEIVER";
+
 fn main() -> anyhow::Result<()> {
+    if let Ok(addr) = std::env::var(RECEIVER) {
+        return receiver::serve(&addr);
+    }
     let args = Args::parse();
     let streams: Vec<usize> = if args.quick {
         args.list("streams", &[1, 4])
@@ -54,6 +73,15 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(run(streams, total, sessions))
+}
+
+/// Who receives the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The `pgtrail-collector` binary on a fresh store.
+    Collector,
+    /// The receive-only floor.
+    Receiver,
 }
 
 struct Level {
@@ -90,7 +118,8 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
             floors = Some(baselines(&batches[0])?);
         }
         eprintln!("ingest bench: {n} streams × {per_stream} snapshots");
-        results.push(ingest(batches).await?);
+        let floor = ingest(batches.clone(), Target::Receiver).await?;
+        results.push((ingest(batches, Target::Collector).await?, floor));
     }
     let (decode_ns, sled_ns, sled_wall) = floors.unwrap_or_default();
     let rows = |snapshots: usize| (snapshots * sessions) as f64;
@@ -98,15 +127,20 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
         "snapshot: {sessions} client backends (+5 auxiliary), {:.1} KiB on the wire (median, texts once per stream)\n",
         median(&wire_bytes) / 1024.0
     );
+    let cpu_per = |r: &Level| r.cpu_ns as f64 / r.snapshots as f64;
     let mut table_rows = Vec::new();
-    for r in &results {
+    for (who, r) in results
+        .iter()
+        .flat_map(|(c, f)| [("collector", c), ("receive only", f)])
+    {
         let cpu_s = r.cpu_ns as f64 / 1e9;
         table_rows.push(vec![
+            who.to_string(),
             r.streams.to_string(),
             r.snapshots.to_string(),
             format!("{:.0}", r.snapshots as f64 / r.wall),
             format!("{:.0}", rows(r.snapshots) / r.wall),
-            format!("{:.2} ms", r.cpu_ns as f64 / 1e6 / r.snapshots as f64),
+            format!("{:.2} ms", cpu_per(r) / 1e6),
             format!("{:.0}", rows(r.snapshots) / cpu_s),
             format!("{:.0} MiB ({:.0})", mib(r.rss), mib(r.hwm)),
             format!("{:.3}×", rows(r.snapshots) / r.wall / 1e6),
@@ -114,13 +148,14 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
     }
     table(
         &[
+            "server",
             "streams",
             "snapshots",
             "snapshots/s",
             "session-rows/s",
-            "collector CPU/snapshot",
+            "server CPU/snapshot",
             "rows per CPU-second",
-            "collector RSS (peak)",
+            "server RSS (peak)",
             "vs 1,000,000 rows/s",
         ],
         &table_rows,
@@ -141,21 +176,24 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
             ],
         ],
     );
-    if let Some(best) = results
-        .iter()
-        .max_by(|a, b| (a.snapshots as f64 / a.wall).total_cmp(&(b.snapshots as f64 / b.wall)))
-    {
+    if let Some((best, floor)) = results.iter().max_by(|(a, _), (b, _)| {
+        (a.snapshots as f64 / a.wall).total_cmp(&(b.snapshots as f64 / b.wall))
+    }) {
         let rate = rows(best.snapshots) / best.wall;
-        let cpu_per = best.cpu_ns as f64 / best.snapshots as f64;
+        let floor_rate = rows(floor.snapshots) / floor.wall;
         println!(
-            "@@ ingest session-rows/s (best, {} streams) | {:.0} | ≥ 1,000,000 | {:.3}× | collector CPU/snapshot {:.2} ms = {:.0}× prost decode, {:.1}× bare sled insert+flush; sled floor {:.0} rows/s",
+            "@@ ingest session-rows/s (best, {} streams) | {:.0} | ≥ 1,000,000 | {:.3}× | receive-only floor {:.0} rows/s ({:.3}× the target), collector {:.2}× its rate; collector CPU/snapshot {:.2} ms = {:.1}× the floor's {:.2} ms, {:.1}× prost decode, {:.1}× bare sled insert+flush",
             best.streams,
             rate,
             rate / 1e6,
-            cpu_per / 1e6,
-            cpu_per / decode_ns,
-            cpu_per / sled_ns,
-            sessions as f64 * 1e9 / sled_wall,
+            floor_rate,
+            floor_rate / 1e6,
+            rate / floor_rate,
+            cpu_per(best) / 1e6,
+            cpu_per(best) / cpu_per(floor),
+            cpu_per(floor) / 1e6,
+            cpu_per(best) / decode_ns,
+            cpu_per(best) / sled_ns,
         );
         println!(
             "@@ collector RSS under ingest (peak, {} streams) | {:.0} MiB | (none) | - | -",
@@ -192,27 +230,39 @@ fn baselines(batch: &[pb::AgentMessage]) -> anyhow::Result<(f64, f64, f64)> {
     Ok((median(&decode), median(&cpu), median(&wall)))
 }
 
-/// A `pgtrail-collector` process on a fresh store.
-struct CollectorProcess {
+/// A server process: a `pgtrail-collector` on a fresh store, or the
+/// receive-only floor.
+struct ServerProcess {
     child: Child,
     addr: String,
     _dir: tempfile::TempDir,
 }
 
-impl CollectorProcess {
-    async fn start() -> anyhow::Result<Self> {
+impl ServerProcess {
+    async fn start(target: Target) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(bin("pgtrail-collector"))
-            .arg("--listen")
-            .arg(&addr)
-            .arg("--data")
-            .arg(dir.path().join("store"))
+        let mut command = match target {
+            Target::Collector => {
+                let mut c = Command::new(bin("pgtrail-collector"));
+                c.arg("--listen")
+                    .arg(&addr)
+                    .arg("--data")
+                    .arg(dir.path().join("store"));
+                c
+            }
+            Target::Receiver => {
+                let mut c = Command::new(std::env::current_exe()?);
+                c.env(RECEIVER, &addr);
+                c
+            }
+        };
+        let child = command
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("cannot start pgtrail-collector")?;
+            .with_context(|| format!("cannot start the {target:?} server"))?;
         for _ in 0..100 {
             if tokio::net::TcpStream::connect(&addr).await.is_ok() {
                 return Ok(Self {
@@ -223,19 +273,19 @@ impl CollectorProcess {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        bail!("pgtrail-collector does not listen on {addr}")
+        bail!("the {target:?} server does not listen on {addr}")
     }
 }
 
-impl Drop for CollectorProcess {
+impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-async fn ingest(batches: Vec<Vec<pb::AgentMessage>>) -> anyhow::Result<Level> {
-    let collector = CollectorProcess::start().await?;
+async fn ingest(batches: Vec<Vec<pb::AgentMessage>>, target: Target) -> anyhow::Result<Level> {
+    let collector = ServerProcess::start(target).await?;
     let pid = collector.child.id() as i32;
     let streams = batches.len();
     let snapshots: usize = batches.iter().map(Vec::len).sum();
@@ -283,7 +333,7 @@ async fn ingest(batches: Vec<Vec<pb::AgentMessage>>) -> anyhow::Result<Level> {
                         acked += 1;
                         permits.add_permits(1);
                     }
-                    None => bail!("the collector ended stream {s} after {acked} acks"),
+                    None => bail!("the server ended stream {s} after {acked} acks"),
                 }
             }
             drop(feeder.await?);
@@ -304,4 +354,64 @@ async fn ingest(batches: Vec<Vec<pb::AgentMessage>>) -> anyhow::Result<Level> {
         rss,
         hwm,
     })
+}
+
+/// The receive-only floor: the collector's gRPC path without a store.
+mod receiver {
+    use pgtrail_proto::intern::StreamDecoder;
+    use pgtrail_proto::pb::{self, ingest_server};
+    use tokio::sync::mpsc;
+    use tokio_stream::wrappers::ReceiverStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    /// Serves `addr` until killed.
+    pub fn serve(addr: &str) -> anyhow::Result<()> {
+        let addr = addr.parse()?;
+        tokio::runtime::Runtime::new()?.block_on(async move {
+            tonic::transport::Server::builder()
+                .add_service(
+                    ingest_server::IngestServer::new(Receiver).max_decoding_message_size(64 << 20),
+                )
+                .serve(addr)
+                .await
+        })?;
+        Ok(())
+    }
+
+    struct Receiver;
+
+    #[tonic::async_trait]
+    impl ingest_server::Ingest for Receiver {
+        type StreamStream = ReceiverStream<Result<pb::CollectorMessage, Status>>;
+
+        async fn stream(
+            &self,
+            request: Request<Streaming<pb::AgentMessage>>,
+        ) -> Result<Response<Self::StreamStream>, Status> {
+            let mut inbound = request.into_inner();
+            let (acks, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                let mut decoder = StreamDecoder::default();
+                while let Ok(Some(message)) = inbound.message().await {
+                    let Some(pb::agent_message::Kind::Snapshot(wire)) = message.kind else {
+                        continue;
+                    };
+                    let ack = match decoder.decode(wire) {
+                        Ok(snapshot) => Ok(pb::CollectorMessage {
+                            kind: Some(pb::collector_message::Kind::Ack(pb::Ack {
+                                instance: snapshot.instance,
+                                seq: snapshot.seq,
+                                duplicate: false,
+                            })),
+                        }),
+                        Err(e) => Err(Status::invalid_argument(e.to_string())),
+                    };
+                    if acks.send(ack).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
 }

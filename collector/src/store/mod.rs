@@ -11,7 +11,8 @@
 //! writing (its open minute, open episodes, episodes closed since the last
 //! seal, counters) in its tail ([`tail`]); whole minutes sealed ([`seal`])
 //! into per-day segment files of samples ([`sealed`]) and of closed
-//! episodes ([`episode_blocks`]), see [`segments`].
+//! episodes ([`episode_blocks`], laid out by column:
+//! [`episode_columns`]), see [`segments`].
 //!
 //! | tree            | key                                   | value              |
 //! |-----------------|---------------------------------------|--------------------|
