@@ -540,6 +540,19 @@ mod tests {
         let a = full(vec![with(0x9e37_79b9_7f4a_7c15, "idle")], vec![]);
         let b = full(vec![with(0x9e37_79b9_7f4a_7c16, "active")], vec![]);
         let stored = StoredSample::decode(delta(&a, &b).as_slice()).unwrap();
+        // Tags 18 and 19 are the ids.
+        let key = |tag| {
+            let mut key = Vec::new();
+            encode_key(tag, WireType::Varint, &mut key);
+            key
+        };
+        let only = |query_id, pg_query_id| pb::Session {
+            query_id,
+            pg_query_id,
+            ..Default::default()
+        };
+        assert!(only(Some(1), None).encode_to_vec().starts_with(&key(18)));
+        assert!(only(None, Some(1)).encode_to_vec().starts_with(&key(19)));
         let [patch] = stored.session_id_patches.as_slice() else {
             panic!("one patch: {stored:?}");
         };
@@ -608,7 +621,7 @@ mod tests {
         let a = full(vec![idle(1, "idle")], vec![rss(1, 10)]);
         let stored = StoredSample::decode(delta(&a, &a).as_slice()).unwrap();
         assert!(stored.sessions.is_empty() && stored.processes.is_empty());
-        assert!(stored.session_patches.is_empty() && stored.process_patches.is_empty());
+        assert!(stored.session_id_patches.is_empty() && stored.process_patches.is_empty());
         assert!(stored.gone_sessions.is_empty() && stored.gone_processes.is_empty());
     }
 
@@ -632,7 +645,7 @@ mod tests {
         let a = full(vec![idle(1, "idle"), idle(1, "active")], vec![]);
         let b = full(vec![idle(1, "active")], vec![]);
         let same = StoredSample::decode(delta(&a, &b).as_slice()).unwrap();
-        assert!(same.sessions.is_empty() && same.session_patches.is_empty());
+        assert!(same.sessions.is_empty() && same.session_id_patches.is_empty());
         let back = read(&[keyframe(&b), delta(&b, &a)]);
         assert_eq!(back[1], whole(&a));
     }

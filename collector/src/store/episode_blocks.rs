@@ -138,10 +138,8 @@ pub(super) fn within_reach(minute: Micros, end: Micros) -> bool {
 
 impl SledStore {
     /// Writes the blocks of episodes sealed with `minute`, one per kind
-    /// (its kind, its bytes and their layout, its first and last end and
-    /// its count), to the
-    /// day's episode file in one write; returns their index keys and
-    /// records, for the seal's transaction.
+    /// ([`EpisodeBlockBytes`]), to the day's episode file in one write;
+    /// returns their index keys and records, for the seal's transaction.
     pub(super) fn write_episode_blocks(
         &self,
         instance: InstanceId,

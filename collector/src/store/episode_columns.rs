@@ -164,13 +164,18 @@ pub(super) fn decode(raw: &[u8]) -> Option<Decoded> {
     if count > rest.len() / 4 {
         return None;
     }
+    // Tags ascending, each at most once: at most 63 fields.
     let fields = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-    let mut table = Vec::with_capacity(fields.min(64));
+    if fields > MAX_TAG as usize {
+        return None;
+    }
+    let mut table: Vec<Field> = Vec::with_capacity(fields);
     for _ in 0..fields {
         let wire = decode_varint(&mut rest).ok()?;
+        let after = table.last().map_or(0, |f| f.tag);
         let tag = u32::try_from(wire >> 4)
             .ok()
-            .filter(|t| (1..=MAX_TAG).contains(t))?;
+            .filter(|t| (after + 1..=MAX_TAG).contains(t))?;
         table.push(Field {
             tag,
             wire_type: ((wire >> 1) & 7) as u8,
@@ -287,7 +292,7 @@ fn payload_len(wire_type: u8, bytes: &[u8]) -> Option<usize> {
         LENGTH_DELIMITED => {
             let mut rest = bytes;
             let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-            Some(bytes.len() - rest.len() + len)
+            (len <= rest.len()).then(|| bytes.len() - rest.len() + len)
         }
         _ => None,
     }
@@ -418,6 +423,9 @@ mod tests {
         let mut extended = raw.clone();
         extended.push(0);
         assert!(decode(&extended).is_none());
+        // A table whose tags repeat, and a length past the end.
+        assert!(decode(&[1, 2, 0x20, 0x20, 0, 0, 0, 0, 0]).is_none());
+        assert!(decode(&[1, 1, 0x24, 0, 0, 0, 0, 0x04, 0xff, 0xff, 0xff, 0xff, 0x0f]).is_none());
     }
 
     #[test]

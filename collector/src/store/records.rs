@@ -94,8 +94,9 @@ pub struct StoredSample {
     /// For a delta: pids whose process is gone.
     #[prost(int32, repeated, tag = "10")]
     pub gone_processes: Vec<i32>,
-    /// For a delta: sessions that changed, each as a field patch of its
-    /// row in the base sample (see [`super::patch`]).
+    /// For a delta written before format 5: sessions that changed, each
+    /// as a field patch of its row in the base sample (see
+    /// [`super::patch`]), query ids as differences.
     #[prost(bytes = "vec", repeated, tag = "11")]
     pub session_patches: Vec<Vec<u8>>,
     /// For a delta: processes that changed, as field patches.

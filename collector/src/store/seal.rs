@@ -88,9 +88,15 @@ impl SledStore {
                     .iter()
                     .map(|(_, k, v, _)| (keys::closed_episode_span(*k), v.as_slice()))
                     .collect();
-                let raw = encode_block(&episodes);
+                let block = encode_block(&episodes);
                 let count = u32::try_from(group.len()).unwrap_or(u32::MAX);
-                (group[0].0, raw, group[0].3, group[group.len() - 1].3, count)
+                (
+                    group[0].0,
+                    block,
+                    group[0].3,
+                    group[group.len() - 1].3,
+                    count,
+                )
             })
             .collect();
         let episode_blocks: Vec<_> = self

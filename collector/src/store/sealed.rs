@@ -102,6 +102,9 @@ impl SledStore {
         minute: Micros,
         record: &SampleBlock,
     ) -> Result<Arc<Block>, StoreError> {
+        if record.layout != 0 {
+            return Err(StoreError::Unpack("sealed block layout"));
+        }
         let len = usize::try_from(record.len).map_err(|_| StoreError::Unpack("sealed block"))?;
         let at = (Segments::day_of(minute), Holding::Samples);
         let frame = self.segments.read(instance, at, record.offset, len)?;
