@@ -20,13 +20,16 @@ use crate::wire::{Head, Rows};
 
 /// `pb::AgentMessage.snapshot`.
 const SNAPSHOT: u32 = 2;
+/// `pb::AgentMessage.delta`.
+const DELTA: u32 = 3;
 
 /// One message of the agent's stream.
 #[derive(Debug)]
 pub enum Outgoing {
     /// The stream's first message.
     Hello(pb::Hello),
-    /// A snapshot: its head for this stream and its rows.
+    /// A snapshot: its head for this stream and its rows (a `delta` when
+    /// the head lists unchanged rows).
     Snapshot {
         /// Every field but the rows.
         head: Box<Head>,
@@ -44,7 +47,8 @@ impl Outgoing {
             }
             .encode_raw(buf),
             Outgoing::Snapshot { head, rows } => {
-                encode_key(SNAPSHOT, WireType::LengthDelimited, buf);
+                let kind = if head.is_delta() { DELTA } else { SNAPSHOT };
+                encode_key(kind, WireType::LengthDelimited, buf);
                 encode_varint(head.encoded_len(&rows) as u64, buf);
                 head.encode(&rows, buf);
             }

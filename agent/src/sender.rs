@@ -6,7 +6,9 @@
 //! the acknowledgements; new snapshots join at the end. When the spool is
 //! full its oldest snapshots are dropped and counted, and the count rides
 //! on each instance's next snapshot as `dropped_before`, so history shows
-//! the gap.
+//! the gap. On a stream, query texts and facts go once, and rows that did
+//! not change since the instance's previous snapshot on it go as their
+//! pids (`pgtrail_proto::unchanged`); a new stream starts whole again.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,7 @@ use std::time::Duration;
 use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::model::Snapshot;
 use pgtrail_proto::pb;
+use pgtrail_proto::unchanged::SentRows;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -141,6 +144,7 @@ impl Sender {
         }
         *backoff = MIN_BACKOFF;
         let mut encoder = StreamEncoder::default();
+        let mut sent_rows = SentRows::default();
         // Everything unacknowledged goes again, oldest first.
         let mut cursor = Cursor::default();
         let mut in_flight = 0usize;
@@ -166,7 +170,12 @@ impl Sender {
                     };
                     match self.spool.next(&mut cursor) {
                         Ok(Some(Spooled { snapshot, rows })) => {
-                            let head = Box::new(Head::new(encoder.encode(&snapshot)));
+                            let mut wire = encoder.encode(&snapshot);
+                            let rows = rows.changed(&mut sent_rows, &mut wire).unwrap_or_else(|e| {
+                                warn!(error = %e, "cannot compare a snapshot's rows; sending them all");
+                                rows
+                            });
+                            let head = Box::new(Head::new(wire));
                             permit.send(Outgoing::Snapshot { head, rows });
                             in_flight += 1;
                         }

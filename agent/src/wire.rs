@@ -9,9 +9,14 @@
 //!
 //! A `pb::Snapshot` is written in field order, and the rows are fields 7
 //! and 8, adjacent: [`Head::encode`] writes fields 1 to 6, the rows, then
-//! fields 9 to 12, byte for byte what `prost` writes for the whole message.
+//! fields 9 to 14, byte for byte what `prost` writes for the whole message.
+//!
+//! On a stream, rows that did not change since the instance's previous
+//! snapshot on it go as their pids ([`Rows::changed`], see
+//! `pgtrail_proto::unchanged`); the spool keeps every row.
 
-use pgtrail_proto::pb;
+use pgtrail_proto::unchanged::SentRows;
+use pgtrail_proto::{pb, ProtocolError};
 use prost::bytes::{BufMut, Bytes};
 use prost::encoding::message;
 use prost::Message;
@@ -42,6 +47,21 @@ impl Rows {
         &self.0
     }
 
+    /// The rows that changed since the rows last sent for `wire`'s instance
+    /// on a stream; the pids of the others go into `wire`'s
+    /// `unchanged_sessions` and `unchanged_processes`. On an error (these
+    /// are not rows) nothing is left out and the error is returned.
+    pub fn changed(
+        &self,
+        sent: &mut SentRows,
+        wire: &mut pb::Snapshot,
+    ) -> Result<Self, ProtocolError> {
+        let split = sent.split(&wire.instance, &self.0)?;
+        wire.unchanged_sessions = split.unchanged_sessions;
+        wire.unchanged_processes = split.unchanged_processes;
+        Ok(Self(split.changed))
+    }
+
     /// Decodes the sessions and processes back.
     pub fn decode(&self) -> Result<(Vec<pb::Session>, Vec<pb::Process>), prost::DecodeError> {
         let rows = pb::Snapshot::decode(self.0.clone())?;
@@ -54,7 +74,7 @@ impl Rows {
 pub struct Head {
     /// Fields 1 to 6 (instance to `reset_queries`).
     front: pb::Snapshot,
-    /// Fields 9 to 12 (`dropped_before` to `sessions_total`).
+    /// Fields 9 to 14 (`dropped_before` to `unchanged_processes`).
     back: pb::Snapshot,
 }
 
@@ -67,11 +87,18 @@ impl Head {
             blind_spots: std::mem::take(&mut wire.blind_spots),
             memory: wire.memory.take(),
             sessions_total: wire.sessions_total.take(),
+            unchanged_sessions: std::mem::take(&mut wire.unchanged_sessions),
+            unchanged_processes: std::mem::take(&mut wire.unchanged_processes),
             ..Default::default()
         };
         wire.sessions = Vec::new();
         wire.processes = Vec::new();
         Self { front: wire, back }
+    }
+
+    /// Whether rows were left out as unchanged: the message is a `delta`.
+    pub fn is_delta(&self) -> bool {
+        !self.back.unchanged_sessions.is_empty() || !self.back.unchanged_processes.is_empty()
     }
 
     /// The length of the whole message with `rows`.
@@ -135,6 +162,8 @@ mod tests {
                 ..Default::default()
             }),
             sessions_total: Some(99),
+            unchanged_sessions: vec![12, 13],
+            unchanged_processes: vec![14],
         }
     }
 

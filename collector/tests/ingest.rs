@@ -9,6 +9,7 @@ use pgtrail_collector::Collector;
 use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::model::{query_hash, Snapshot};
 use pgtrail_proto::pb::{self, history_client::HistoryClient, ingest_client::IngestClient};
+use pgtrail_proto::unchanged::SentRows;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -182,6 +183,97 @@ async fn protocol_errors_end_the_stream_and_keep_what_was_stored() {
     assert!(err.message().contains("never sent"), "{}", err.message());
 
     assert_eq!(samples_of(&server.url).await, 1, "nothing stored was lost");
+    server.stop().await;
+}
+
+/// The sessions `at` shows at `seq`'s sample: (pid, state).
+async fn sessions_at(url: &str, seq: u64) -> Vec<(i32, String)> {
+    let mut history = HistoryClient::connect(url.to_string()).await.unwrap();
+    let at = history
+        .at(pb::AtRequest {
+            at_us: T0 + seq as i64 * 1_000_000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut rows: Vec<_> = at.instances[0]
+        .sessions
+        .iter()
+        .map(|s| (s.pid, s.state.clone().unwrap_or_default()))
+        .collect();
+    rows.sort();
+    rows
+}
+
+#[tokio::test]
+async fn unchanged_rows_sent_as_pids_are_stored_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    let (mut enc, mut rows) = (StreamEncoder::default(), SentRows::default());
+    let mut messages = vec![hello()];
+    let states = [
+        [
+            (10, "idle", "select 1"),
+            (11, "active", "select 2"),
+            (12, "idle", "select 3"),
+        ],
+        [
+            (10, "idle", "select 1"),
+            (11, "idle", "select 2"),
+            (12, "idle", "select 3"),
+        ],
+        [
+            (10, "active", "select 4"),
+            (11, "idle", "select 2"),
+            (12, "idle", "select 3"),
+        ],
+    ];
+    for (seq, sessions) in (1..).zip(&states) {
+        let mut wire = enc.encode(&snapshot(seq, sessions));
+        let delta = rows.strip(&mut wire);
+        assert_eq!(delta, seq > 1);
+        if delta {
+            assert_eq!(wire.sessions.len(), 1, "one row changed");
+        }
+        let kind = match delta {
+            true => pb::agent_message::Kind::Delta(wire),
+            false => pb::agent_message::Kind::Snapshot(wire),
+        };
+        messages.push(pb::AgentMessage { kind: Some(kind) });
+    }
+    let (acks, err) = exchange(&server.url, messages, 3).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(acks.len(), 3);
+    for (seq, sessions) in (1..).zip(&states) {
+        let want: Vec<_> = sessions
+            .iter()
+            .map(|(p, s, _)| (*p, s.to_string()))
+            .collect();
+        assert_eq!(sessions_at(&server.url, seq).await, want, "sample {seq}");
+    }
+
+    // A delta on a new stream has nothing to refer to: refused, and what
+    // was stored stays.
+    let mut wire = StreamEncoder::default().encode(&snapshot(4, &states[2]));
+    wire.unchanged_sessions = std::mem::take(&mut wire.sessions)
+        .iter()
+        .map(|s| s.pid)
+        .collect();
+    let delta = pb::AgentMessage {
+        kind: Some(pb::agent_message::Kind::Delta(wire.clone())),
+    };
+    let (_, err) = exchange(&server.url, vec![hello(), delta], 1).await;
+    let err = err.expect("refused");
+    assert!(
+        err.message().contains("not in the previous snapshot"),
+        "{}",
+        err.message()
+    );
+    // Unchanged rows in a plain snapshot are refused too.
+    let (_, err) = exchange(&server.url, vec![hello(), wrap(wire)], 1).await;
+    assert!(err.expect("refused").message().contains("not a delta"));
+    assert_eq!(samples_of(&server.url).await, 3);
     server.stop().await;
 }
 

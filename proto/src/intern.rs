@@ -16,6 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::{QueryTexts, Snapshot};
+use crate::unchanged::ReceivedRows;
 use crate::{pb, ProtocolError};
 
 /// How many texts an encoder remembers before it starts over.
@@ -90,20 +91,36 @@ impl StreamEncoder {
             blind_spots: snapshot.blind_spots.clone(),
             memory: snapshot.memory,
             sessions_total: snapshot.sessions_total,
+            unchanged_sessions: Vec::new(),
+            unchanged_processes: Vec::new(),
         }
     }
 }
 
-/// Receiver side: the texts this stream has sent.
+/// Receiver side: the texts this stream has sent, and the rows of the
+/// previous snapshot of each instance (see [`crate::unchanged`]).
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
     known: HashMap<u64, Arc<str>>,
+    rows: ReceivedRows,
 }
 
 impl StreamDecoder {
-    /// Learns the texts `wire` carries and returns the self-contained,
-    /// validated snapshot.
+    /// Learns the texts `wire` (a `snapshot` message, every row in full)
+    /// carries and returns the self-contained, validated snapshot.
     pub fn decode(&mut self, wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
+        if !wire.unchanged_sessions.is_empty() || !wire.unchanged_processes.is_empty() {
+            return Err(ProtocolError::Unexpected(
+                "unchanged rows in a snapshot that is not a delta",
+            ));
+        }
+        self.decode_delta(wire)
+    }
+
+    /// As [`StreamDecoder::decode`], for a `delta` message: its unchanged
+    /// rows are restored from the previous snapshot of its instance.
+    pub fn decode_delta(&mut self, mut wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
+        self.rows.restore(&mut wire)?;
         if wire.reset_queries {
             self.known.clear();
         }
@@ -154,6 +171,7 @@ impl StreamDecoder {
 mod tests {
     use super::*;
     use crate::model::query_hash;
+    use crate::unchanged::SentRows;
 
     fn snapshot(seq: u64, texts: &[&str]) -> Snapshot {
         let mut s = Snapshot {
@@ -226,5 +244,25 @@ mod tests {
         assert_eq!(wire.queries.len(), 2);
         rx.decode(wire).unwrap();
         assert_eq!(rx.known.len(), 2);
+    }
+
+    #[test]
+    fn unchanged_rows_come_only_in_a_delta() {
+        let mut tx = StreamEncoder::with_capacity(2);
+        let mut rows = SentRows::default();
+        let mut rx = StreamDecoder::default();
+        let mut first = tx.encode(&snapshot(1, &["a", "b"]));
+        assert!(!rows.strip(&mut first), "the first goes whole");
+        rx.decode(first).unwrap();
+
+        // The encoder starts its texts over; the rows did not change.
+        let second = snapshot(2, &["a", "b"]);
+        let mut wire = tx.encode(&second);
+        assert!(wire.reset_queries);
+        assert!(rows.strip(&mut wire));
+        assert!(wire.sessions.is_empty());
+        let err = rx.decode(wire.clone()).unwrap_err();
+        assert!(matches!(err, ProtocolError::Unexpected(_)), "{err}");
+        assert_eq!(rx.decode_delta(wire).unwrap(), second);
     }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod intern;
 pub mod model;
 pub mod time;
+pub mod unchanged;
 
 pub use error::ProtocolError;
 

@@ -4,8 +4,9 @@
 //!
 //! Each stream is one agent (its own host name and connection) replaying
 //! realistic snapshots of one instance (200 client backends, the mix and
-//! churn of `common::sim`, one a second), encoded beforehand with the
-//! agent's `StreamEncoder` (texts travel once per stream), with up to 32
+//! churn of `common::sim`, one a second), encoded beforehand as the agent
+//! does (`StreamEncoder`: texts travel once per stream; `SentRows`: rows
+//! that did not change go as their pids, in a `delta`), with up to 32
 //! snapshots ahead of the acknowledgements, as the agent's sender does.
 //! The run ends when every snapshot is acknowledged (acks come once the
 //! sample is durable).
@@ -41,6 +42,7 @@ use common::{median, mib, process_cpu_ns, rss_bytes, self_cpu_ns, table, Args};
 use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::pb::{self, agent_message::Kind, ingest_client::IngestClient};
 use pgtrail_proto::time::SECOND;
+use pgtrail_proto::unchanged::SentRows;
 use pgtrail_tests::{bin, free_port};
 use prost::Message;
 use tokio::sync::{mpsc, Semaphore};
@@ -99,6 +101,7 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
     let start = pgtrail_proto::time::now() - 3600 * SECOND;
     let mut results = Vec::new();
     let mut wire_bytes = Vec::new();
+    let mut whole_bytes = Vec::new();
     let mut floors = None;
     for &n in &levels {
         let per_stream = total.div_ceil(n);
@@ -106,9 +109,18 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
         for s in 0..n {
             let mut sim = Sim::new(s as u64 + 1, "main", start, sessions);
             let mut encoder = StreamEncoder::default();
+            let mut sent_rows = SentRows::default();
             let batch: Vec<pb::AgentMessage> = (0..per_stream)
-                .map(|_| pb::AgentMessage {
-                    kind: Some(Kind::Snapshot(encoder.encode(&sim.step(SECOND)))),
+                .map(|_| {
+                    let mut wire = encoder.encode(&sim.step(SECOND));
+                    if s == 0 {
+                        whole_bytes.push(wire.encoded_len() as f64);
+                    }
+                    let kind = match sent_rows.strip(&mut wire) {
+                        true => Kind::Delta(wire),
+                        false => Kind::Snapshot(wire),
+                    };
+                    pb::AgentMessage { kind: Some(kind) }
                 })
                 .collect();
             batches.push(batch);
@@ -124,8 +136,9 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
     let (decode_ns, sled_ns, sled_wall) = floors.unwrap_or_default();
     let rows = |snapshots: usize| (snapshots * sessions) as f64;
     println!(
-        "snapshot: {sessions} client backends (+5 auxiliary), {:.1} KiB on the wire (median, texts once per stream)\n",
-        median(&wire_bytes) / 1024.0
+        "snapshot: {sessions} client backends (+5 auxiliary), {:.1} KiB on the wire (median; texts once per stream, unchanged rows as pids), {:.1} KiB with every row\n",
+        median(&wire_bytes) / 1024.0,
+        median(&whole_bytes) / 1024.0
     );
     let cpu_per = |r: &Level| r.cpu_ns as f64 / r.snapshots as f64;
     let mut table_rows = Vec::new();
@@ -393,10 +406,12 @@ mod receiver {
             tokio::spawn(async move {
                 let mut decoder = StreamDecoder::default();
                 while let Ok(Some(message)) = inbound.message().await {
-                    let Some(pb::agent_message::Kind::Snapshot(wire)) = message.kind else {
-                        continue;
+                    let decoded = match message.kind {
+                        Some(pb::agent_message::Kind::Snapshot(wire)) => decoder.decode(wire),
+                        Some(pb::agent_message::Kind::Delta(wire)) => decoder.decode_delta(wire),
+                        _ => continue,
                     };
-                    let ack = match decoder.decode(wire) {
+                    let ack = match decoded {
                         Ok(snapshot) => Ok(pb::CollectorMessage {
                             kind: Some(pb::collector_message::Kind::Ack(pb::Ack {
                                 instance: snapshot.instance,

@@ -99,14 +99,14 @@ async fn serve(
                 _ = stopping.wait_for(|stop| *stop) => None,
             };
             let Some(message) = next else { break };
-            let wire = match message.kind {
-                Some(Kind::Snapshot(s)) => s,
+            let snapshot = match message.kind {
+                Some(Kind::Snapshot(wire)) => decoder.decode(wire)?,
+                Some(Kind::Delta(wire)) => decoder.decode_delta(wire)?,
                 Some(Kind::Hello(_)) => {
                     return Err(ProtocolError::Unexpected("a second hello").into())
                 }
                 None => return Err(ProtocolError::Missing("kind").into()),
             };
-            let snapshot = decoder.decode(wire)?;
             let (instance, seq) = (snapshot.instance.clone(), snapshot.seq);
             let outcome = ingestor
                 .append_owned(&hello.host, snapshot)
