@@ -153,7 +153,7 @@ async fn owned_snapshots_in_any_row_order_come_back_whole_across_a_restart() {
         let collector = reopen_collector(dir.path());
         let ingestor = collector.ingestor();
         for i in from..to {
-            ingestor.append_owned("db", reversed(i)).await.unwrap();
+            ingestor.append("db", &reversed(i)).await.unwrap();
         }
         ingestor.flush().await.unwrap();
     }

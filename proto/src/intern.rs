@@ -16,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::{QueryTexts, Snapshot};
-use crate::unchanged::ReceivedRows;
+use crate::unchanged;
 use crate::{pb, ProtocolError};
 
 /// How many texts an encoder remembers before it starts over.
@@ -97,18 +97,25 @@ impl StreamEncoder {
     }
 }
 
-/// Receiver side: the texts this stream has sent, and the rows of the
-/// previous snapshot of each instance (see [`crate::unchanged`]).
+/// How many instances one stream may carry: the receiver keeps the
+/// previous snapshot of each.
+pub const MAX_INSTANCES_PER_STREAM: usize = 1024;
+
+/// Receiver side: the texts this stream has sent, and the previous
+/// snapshot of each instance on it (whose rows a `delta` refers to, see
+/// [`crate::unchanged`]).
 #[derive(Debug, Default)]
 pub struct StreamDecoder {
     known: HashMap<u64, Arc<str>>,
-    rows: ReceivedRows,
+    last: HashMap<String, Snapshot>,
 }
 
 impl StreamDecoder {
     /// Learns the texts `wire` (a `snapshot` message, every row in full)
-    /// carries and returns the self-contained, validated snapshot.
-    pub fn decode(&mut self, wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
+    /// carries and returns the self-contained, validated snapshot, rows
+    /// sorted by pid. The decoder keeps it until the next snapshot of its
+    /// instance.
+    pub fn decode(&mut self, wire: pb::Snapshot) -> Result<&Snapshot, ProtocolError> {
         if !wire.unchanged_sessions.is_empty() || !wire.unchanged_processes.is_empty() {
             return Err(ProtocolError::Unexpected(
                 "unchanged rows in a snapshot that is not a delta",
@@ -118,13 +125,12 @@ impl StreamDecoder {
     }
 
     /// As [`StreamDecoder::decode`], for a `delta` message: its unchanged
-    /// rows are restored from the previous snapshot of its instance.
-    pub fn decode_delta(&mut self, mut wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
-        self.rows.restore(&mut wire)?;
+    /// rows are moved over from the previous snapshot of its instance.
+    pub fn decode_delta(&mut self, mut wire: pb::Snapshot) -> Result<&Snapshot, ProtocolError> {
         if wire.reset_queries {
             self.known.clear();
         }
-        for q in wire.queries {
+        for q in std::mem::take(&mut wire.queries) {
             if q.text.len() > MAX_TEXT_LEN {
                 return Err(ProtocolError::Invalid {
                     field: "queries.text",
@@ -139,7 +145,31 @@ impl StreamDecoder {
                 reason: format!("more than {MAX_TEXTS_PER_STREAM} texts without a reset"),
             });
         }
-        let mut queries = QueryTexts::new();
+        let (key, previous) = match self.last.remove_entry(&wire.instance) {
+            Some((key, previous)) => (key, previous),
+            None if self.last.len() >= MAX_INSTANCES_PER_STREAM => {
+                return Err(ProtocolError::Invalid {
+                    field: "instance",
+                    reason: format!("more than {MAX_INSTANCES_PER_STREAM} instances on one stream"),
+                })
+            }
+            None => (wire.instance.clone(), Snapshot::default()),
+        };
+        unchanged::restore(
+            &mut wire.sessions,
+            &wire.unchanged_sessions,
+            previous.sessions,
+            |s| s.pid,
+            "unchanged_sessions",
+        )?;
+        unchanged::restore(
+            &mut wire.processes,
+            &wire.unchanged_processes,
+            previous.processes,
+            |p| p.pid,
+            "unchanged_processes",
+        )?;
+        let mut queries = QueryTexts::with_capacity(previous.queries.len());
         for s in &wire.sessions {
             if let Some(id) = s.query_id {
                 let text = self
@@ -163,7 +193,16 @@ impl StreamDecoder {
             sessions_total: wire.sessions_total,
         };
         snapshot.validate()?;
-        Ok(snapshot)
+        Ok(self.last.entry(key).insert_entry(snapshot).into_mut())
+    }
+
+    /// A snapshot that needs no stream (every text it refers to, every
+    /// row in full), such as a spool record: decoded and validated.
+    pub fn decode_alone(wire: pb::Snapshot) -> Result<Snapshot, ProtocolError> {
+        let mut decoder = Self::default();
+        let instance = wire.instance.clone();
+        decoder.decode(wire)?;
+        Ok(decoder.last.remove(&instance).expect("decoded just now"))
     }
 }
 
@@ -199,12 +238,12 @@ mod tests {
         let first = snapshot(1, &["select 1", "select 2"]);
         let wire = tx.encode(&first);
         assert_eq!(wire.queries.len(), 2);
-        assert_eq!(rx.decode(wire).unwrap(), first);
+        assert_eq!(rx.decode(wire).unwrap(), &first);
 
         let second = snapshot(2, &["select 2", "select 3"]);
         let wire = tx.encode(&second);
         assert_eq!(wire.queries.len(), 1, "only the new text travels");
-        assert_eq!(rx.decode(wire).unwrap(), second);
+        assert_eq!(rx.decode(wire).unwrap(), &second);
     }
 
     #[test]
@@ -263,6 +302,6 @@ mod tests {
         assert!(wire.sessions.is_empty());
         let err = rx.decode(wire.clone()).unwrap_err();
         assert!(matches!(err, ProtocolError::Unexpected(_)), "{err}");
-        assert_eq!(rx.decode_delta(wire).unwrap(), second);
+        assert_eq!(rx.decode_delta(wire).unwrap(), &second);
     }
 }

@@ -5,9 +5,10 @@
 //! the sender keeps [`SentRows`]: the rows it last sent per instance, as
 //! bytes. A row whose bytes are the same as last time goes as its pid in
 //! `unchanged_sessions` or `unchanged_processes`, and the message is a
-//! `delta`. The receiver keeps [`ReceivedRows`]: the rows of the previous
-//! snapshot per instance, decoded, and puts the unchanged ones back, so
-//! what comes out of a stream is self-contained again.
+//! `delta`. The receiver (`crate::intern::StreamDecoder`) keeps the
+//! previous snapshot of each instance, decoded, and moves its unchanged
+//! rows into the new one ([`restore`]): what comes out of a stream is
+//! self-contained again, and no row is decoded or copied twice.
 //!
 //! Both sides start empty with the stream, so the first snapshot of an
 //! instance on a stream is sent whole (after a reconnect, spooled
@@ -30,9 +31,6 @@ const SESSIONS: u32 = 7;
 const PROCESSES: u32 = 8;
 /// `pb::Session.pid` and `pb::Process.pid`.
 const PID: u32 = 1;
-
-/// How many instances one stream may carry: each keeps its last rows.
-pub const MAX_INSTANCES_PER_STREAM: usize = 1024;
 
 /// Sender side: per instance, the bytes of the rows last sent, by pid.
 #[derive(Debug, Default)]
@@ -198,90 +196,48 @@ fn by_pid(rows: &Bytes, at: &[RowAt], tag: u32) -> (HashMap<i32, Bytes>, HashSet
     (map, twice)
 }
 
-/// Receiver side: per instance, the rows of the previous snapshot, by pid.
-#[derive(Debug, Default)]
-pub struct ReceivedRows {
-    last: HashMap<String, Kept>,
-}
-
-/// One instance's previous rows.
-#[derive(Debug, Default)]
-struct Kept {
-    sessions: HashMap<i32, pb::Session>,
-    processes: HashMap<i32, pb::Process>,
-}
-
-impl ReceivedRows {
-    /// Puts `wire`'s unchanged rows back from the previous snapshot of its
-    /// instance (every row then sorted by pid) and keeps its rows for the
-    /// next. A pid the previous snapshot did not have is refused.
-    pub fn restore(&mut self, wire: &mut pb::Snapshot) -> Result<(), ProtocolError> {
-        if !self.last.contains_key(&wire.instance) && self.last.len() >= MAX_INSTANCES_PER_STREAM {
-            return Err(ProtocolError::Invalid {
-                field: "instance",
-                reason: format!("more than {MAX_INSTANCES_PER_STREAM} instances on one stream"),
-            });
-        }
-        let kept = self.last.entry(wire.instance.clone()).or_default();
-        let unchanged = std::mem::take(&mut wire.unchanged_sessions);
-        restore(
-            &mut wire.sessions,
-            &unchanged,
-            &mut kept.sessions,
-            |s| s.pid,
-            "unchanged_sessions",
-        )?;
-        let unchanged = std::mem::take(&mut wire.unchanged_processes);
-        restore(
-            &mut wire.processes,
-            &unchanged,
-            &mut kept.processes,
-            |p| p.pid,
-            "unchanged_processes",
-        )
-    }
-}
-
-/// Adds the `unchanged` rows to `rows` from `kept`, sorts them by pid, and
-/// makes `kept` hold them. Each row is copied once: an unchanged one out of
-/// `kept`, a changed one into it.
-fn restore<M: Clone>(
-    rows: &mut Vec<M>,
+/// Receiver side: makes `changed` (a delta's rows sent in full) whole
+/// again with the `unchanged` rows, moved out of `previous` (the rows of
+/// the instance's previous snapshot on the stream, sorted by pid), and
+/// sorts them by pid. A pid `previous` does not hold, or names twice, is
+/// refused.
+pub fn restore<M: Default>(
+    changed: &mut Vec<M>,
     unchanged: &[i32],
-    kept: &mut HashMap<i32, M>,
+    mut previous: Vec<M>,
     pid: fn(&M) -> i32,
     field: &'static str,
 ) -> Result<(), ProtocolError> {
-    if rows.len() + unchanged.len() > MAX_ROWS {
+    if changed.len() + unchanged.len() > MAX_ROWS {
         return Err(ProtocolError::Invalid {
             field,
             reason: format!("more than {MAX_ROWS} rows"),
         });
     }
-    let mut next = HashMap::with_capacity(rows.len() + unchanged.len());
-    rows.reserve(unchanged.len());
+    let pids: Vec<i32> = previous.iter().map(pid).collect();
+    let missing = |p: i32| ProtocolError::Invalid {
+        field,
+        reason: format!("pid {p} was not in the previous snapshot of the instance, or came twice"),
+    };
+    changed.reserve(unchanged.len());
     for &p in unchanged {
-        let row =
-            kept.remove(&p)
-                .or_else(|| next.remove(&p))
-                .ok_or_else(|| ProtocolError::Invalid {
-                    field,
-                    reason: format!("pid {p} was not in the previous snapshot of the instance"),
-                })?;
-        rows.push(row.clone());
-        next.insert(p, row);
+        let i = pids.binary_search(&p).map_err(|_| missing(p))?;
+        // A row moved out leaves a default one behind, whose pid is 0 (a
+        // stored row's pid is positive).
+        let row = std::mem::take(&mut previous[i]);
+        if pid(&row) != p {
+            return Err(missing(p));
+        }
+        changed.push(row);
     }
-    for row in rows.iter().take(rows.len() - unchanged.len()) {
-        next.insert(pid(row), row.clone());
-    }
-    rows.sort_by_key(pid);
-    *kept = next;
+    changed.sort_by_key(pid);
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::intern::StreamDecoder;
 
     fn session(pid: i32, state: &str) -> pb::Session {
         pb::Session {
@@ -308,17 +264,18 @@ mod tests {
     ) -> pb::Snapshot {
         pb::Snapshot {
             instance: instance.into(),
+            sampled_at_us: 1_700_000_000_000_000,
             sessions,
             processes,
             ..Default::default()
         }
     }
 
-    /// Sends `wire` through `tx` and `rx`; returns what `rx` restored and
-    /// the pids that travelled as such.
+    /// Sends `wire` through `tx` and `rx`; returns what `rx` restored (as
+    /// a wire snapshot, to compare) and the pids that travelled as such.
     fn send(
         tx: &mut SentRows,
-        rx: &mut ReceivedRows,
+        rx: &mut StreamDecoder,
         wire: &pb::Snapshot,
     ) -> (pb::Snapshot, Vec<i32>, Vec<i32>) {
         let mut out = wire.clone();
@@ -328,13 +285,18 @@ mod tests {
             out.unchanged_processes.clone(),
         );
         assert_eq!(delta, !lists.0.is_empty() || !lists.1.is_empty());
-        rx.restore(&mut out).unwrap();
-        (out, lists.0, lists.1)
+        let got = match delta {
+            true => rx.decode_delta(out),
+            false => rx.decode(out),
+        }
+        .unwrap();
+        let got = snapshot(&got.instance, got.sessions.clone(), got.processes.clone());
+        (got, lists.0, lists.1)
     }
 
     #[test]
     fn unchanged_rows_travel_as_pids_and_come_back() {
-        let (mut tx, mut rx) = (SentRows::default(), ReceivedRows::default());
+        let (mut tx, mut rx) = (SentRows::default(), StreamDecoder::default());
         let first = snapshot(
             "main",
             vec![
@@ -372,20 +334,24 @@ mod tests {
 
     #[test]
     fn rows_come_back_in_pid_order_per_instance() {
-        let (mut tx, mut rx) = (SentRows::default(), ReceivedRows::default());
-        let a = snapshot("a", vec![session(20, "idle"), session(21, "idle")], vec![]);
+        let (mut tx, mut rx) = (SentRows::default(), StreamDecoder::default());
+        let a = snapshot("a", vec![session(21, "idle"), session(20, "idle")], vec![]);
         let b = snapshot("b", vec![session(20, "active")], vec![]);
-        send(&mut tx, &mut rx, &a);
+        let (got, _, _) = send(&mut tx, &mut rx, &a);
+        assert_eq!(got.sessions[0].pid, 20, "sorted");
         send(&mut tx, &mut rx, &b);
         // 21 changed, 20 did not: the delta lists 20 after 21's full row.
         let a2 = snapshot(
             "a",
-            vec![session(20, "idle"), session(21, "active")],
+            vec![session(21, "active"), session(20, "idle")],
             vec![],
         );
         let (got, s, _) = send(&mut tx, &mut rx, &a2);
         assert_eq!(s, vec![20], "compared with a's rows, not b's");
-        assert_eq!(got.sessions, a2.sessions);
+        assert_eq!(
+            got.sessions,
+            vec![session(20, "idle"), session(21, "active")]
+        );
         let (got, s, _) = send(&mut tx, &mut rx, &b);
         assert_eq!(s, vec![20]);
         assert_eq!(got, b);
@@ -393,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_pid_that_occurs_twice_goes_in_full() {
-        let (mut tx, mut rx) = (SentRows::default(), ReceivedRows::default());
+        let (mut tx, mut rx) = (SentRows::default(), StreamDecoder::default());
         let twice = snapshot(
             "main",
             vec![
@@ -418,55 +384,69 @@ mod tests {
     }
 
     #[test]
-    fn a_pid_the_receiver_never_had_is_refused() {
+    fn a_pid_the_receiver_does_not_have_is_refused() {
         let mut tx = SentRows::default();
         let s = snapshot("main", vec![session(10, "idle")], vec![process(10, 0)]);
         tx.strip(&mut s.clone());
         let mut delta = s.clone();
         assert!(tx.strip(&mut delta));
-        let err = ReceivedRows::default().restore(&mut delta).unwrap_err();
+        let err = StreamDecoder::default().decode_delta(delta).unwrap_err();
         assert!(
             err.to_string()
                 .contains("pid 10 was not in the previous snapshot"),
             "{err}"
         );
 
-        let mut rx = ReceivedRows::default();
-        rx.restore(&mut snapshot("main", vec![], vec![process(10, 0)]))
+        let mut rx = StreamDecoder::default();
+        rx.decode(snapshot("main", vec![], vec![process(10, 0)]))
             .unwrap();
         let mut wrong = snapshot("main", vec![], vec![]);
         wrong.unchanged_sessions = vec![10];
         assert!(
-            rx.restore(&mut wrong).is_err(),
+            rx.decode_delta(wrong).is_err(),
             "10 was a process, not a session"
         );
+
+        let mut rx = StreamDecoder::default();
+        rx.decode(snapshot("main", vec![session(10, "idle")], vec![]))
+            .unwrap();
+        let mut twice = snapshot("main", vec![], vec![]);
+        twice.unchanged_sessions = vec![10, 10];
+        assert!(rx.decode_delta(twice).is_err(), "one row cannot come twice");
     }
 
     #[test]
-    fn split_refuses_what_is_not_rows() {
+    fn split_refuses_what_is_not_rows_and_starts_over() {
         let mut tx = SentRows::default();
+        let rows = pb::Snapshot {
+            sessions: vec![session(10, "idle")],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        assert!(!tx.split("main", &rows.clone().into()).unwrap().is_delta());
         let not_rows = pb::Snapshot {
             instance: "main".into(),
             ..Default::default()
         };
         assert!(tx.split("main", &not_rows.encode_to_vec().into()).is_err());
-        let mut rows = snapshot("", vec![session(10, "idle")], vec![]).encode_to_vec();
-        rows.pop();
-        assert!(tx.split("main", &rows.into()).is_err(), "cut short");
+        assert!(
+            !tx.split("main", &rows.clone().into()).unwrap().is_delta(),
+            "forgotten after an error: the next goes whole"
+        );
+        let mut cut = rows;
+        cut.pop();
+        assert!(tx.split("main", &cut.into()).is_err(), "cut short");
         assert!(tx.split("main", &Bytes::new()).unwrap() == Split::default());
     }
 
     #[test]
     fn a_stream_carries_a_bounded_number_of_instances() {
-        let mut rx = ReceivedRows::default();
+        use crate::intern::MAX_INSTANCES_PER_STREAM;
+        let mut rx = StreamDecoder::default();
         for i in 0..MAX_INSTANCES_PER_STREAM {
-            rx.restore(&mut snapshot(&i.to_string(), vec![], vec![]))
-                .unwrap();
+            rx.decode(snapshot(&i.to_string(), vec![], vec![])).unwrap();
         }
-        assert!(
-            rx.restore(&mut snapshot("0", vec![], vec![])).is_ok(),
-            "known"
-        );
-        assert!(rx.restore(&mut snapshot("new", vec![], vec![])).is_err());
+        assert!(rx.decode(snapshot("0", vec![], vec![])).is_ok(), "known");
+        assert!(rx.decode(snapshot("new", vec![], vec![])).is_err());
     }
 }

@@ -23,9 +23,10 @@
 //! this bench's executable started again (with `PGTRAIL_BENCH_RECEIVER`
 //! set to the address to serve), with the collector's allocator: it reads
 //! each stream through the same tonic server, turns every message back
-//! into a self-contained snapshot (`StreamDecoder`, which validates it)
-//! and acknowledges it at once, storing nothing. Its CPU per snapshot is
-//! the least the gRPC path costs on this machine.
+//! into a self-contained snapshot (`StreamDecoder`, which validates it
+//! and restores the rows a delta left out) and acknowledges it at once,
+//! storing nothing. Its CPU per snapshot is the least the gRPC path costs
+//! on this machine.
 //!
 //! Flags: `--quick`, `--streams 1,4,16`, `--snapshots 2000` (in total per
 //! N), `--sessions 200`.
@@ -414,7 +415,7 @@ mod receiver {
                     let ack = match decoded {
                         Ok(snapshot) => Ok(pb::CollectorMessage {
                             kind: Some(pb::collector_message::Kind::Ack(pb::Ack {
-                                instance: snapshot.instance,
+                                instance: snapshot.instance.clone(),
                                 seq: snapshot.seq,
                                 duplicate: false,
                             })),

@@ -92,9 +92,7 @@ fn checksum(bytes: &[u8]) -> u64 {
 
 fn decode(payload: &[u8]) -> Result<Snapshot, SpoolError> {
     let wire = pb::Snapshot::decode(payload).map_err(|_| SpoolError::Corrupt)?;
-    StreamDecoder::default()
-        .decode(wire)
-        .map_err(|_| SpoolError::Corrupt)
+    StreamDecoder::decode_alone(wire).map_err(|_| SpoolError::Corrupt)
 }
 
 impl Segment {

@@ -15,7 +15,6 @@ pub mod rollup;
 
 pub use open_set::Changes;
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
@@ -124,24 +123,6 @@ impl Ingestor {
     /// Stores `snapshot` of `host` without waiting for the disk; call
     /// [`Ingestor::flush`] before acknowledging it.
     pub async fn append(&self, host: &str, snapshot: &Snapshot) -> Result<Outcome, StoreError> {
-        self.append_snapshot(host, Cow::Borrowed(snapshot)).await
-    }
-
-    /// As [`Ingestor::append`], moving the snapshot's rows into the stored
-    /// sample instead of copying them.
-    pub async fn append_owned(
-        &self,
-        host: &str,
-        snapshot: Snapshot,
-    ) -> Result<Outcome, StoreError> {
-        self.append_snapshot(host, Cow::Owned(snapshot)).await
-    }
-
-    async fn append_snapshot(
-        &self,
-        host: &str,
-        snapshot: Cow<'_, Snapshot>,
-    ) -> Result<Outcome, StoreError> {
         let slot = {
             let mut states = self.states.lock().expect("not poisoned");
             states
@@ -249,9 +230,8 @@ impl Ingestor {
     fn append_locked(
         &self,
         state: &mut InstanceState,
-        owned: Cow<'_, Snapshot>,
+        snapshot: &Snapshot,
     ) -> Result<Outcome, StoreError> {
-        let snapshot = owned.as_ref();
         let t = snapshot.sampled_at;
         // Nothing newer than the instance's latest sample is stored yet, so
         // only a sample at or before it needs looking up.
@@ -302,7 +282,9 @@ impl Ingestor {
         let append = Append {
             instance: state.id,
             sampled_at: t,
-            sample: stored_sample(owned),
+            sample: stored_sample(snapshot),
+            sessions: &snapshot.sessions,
+            processes: &snapshot.processes,
             texts,
             facts: facts.clone(),
             rollups: both.now,
@@ -479,26 +461,15 @@ struct Folded {
 }
 
 /// The snapshot as a sample to store, its rows moved when it is owned.
-fn stored_sample(snapshot: Cow<'_, Snapshot>) -> StoredSample {
-    let mut sample = StoredSample {
+fn stored_sample(snapshot: &Snapshot) -> StoredSample {
+    StoredSample {
         blind_spots: snapshot.blind_spots.clone(),
         seq: snapshot.seq,
         memory: snapshot.memory,
         sessions_total: snapshot.sessions_total,
         keyframe: true,
         ..Default::default()
-    };
-    match snapshot {
-        Cow::Owned(s) => {
-            sample.sessions = s.sessions;
-            sample.processes = s.processes;
-        }
-        Cow::Borrowed(s) => {
-            sample.sessions = s.sessions.clone();
-            sample.processes = s.processes.clone();
-        }
     }
-    sample
 }
 
 /// max_connections − superuser_reserved_connections.

@@ -109,7 +109,7 @@ async fn serve(
             };
             let (instance, seq) = (snapshot.instance.clone(), snapshot.seq);
             let outcome = ingestor
-                .append_owned(&hello.host, snapshot)
+                .append(&hello.host, snapshot)
                 .await
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
             let ack = pb::Ack {

@@ -19,7 +19,7 @@ impl SledStore {
     /// the next sample's base: a delta against the instance's previous sample when that is
     /// in the same minute and older, else a keyframe.
     pub(super) fn encode_sample(&self, a: &Append) -> (Vec<u8>, Base) {
-        let current = Encoded::of(&a.sample);
+        let current = Encoded::of(a.sessions, a.processes);
         let chains = self.chains.lock().expect("not poisoned");
         match chains.get(&a.instance) {
             Some((last, base))
@@ -195,6 +195,8 @@ mod tests {
                 instance,
                 sampled_at: T0 + i as Micros * SECOND,
                 sample: sample.clone(),
+                sessions: &sample.sessions,
+                processes: &sample.processes,
                 ..Default::default()
             };
             assert!(store.append(&append).unwrap());

@@ -276,26 +276,16 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes `sample`'s rows, in their order.
-    pub fn of(sample: &StoredSample) -> Self {
-        let len: usize = sample
-            .sessions
-            .iter()
-            .map(Message::encoded_len)
-            .sum::<usize>()
-            + sample
-                .processes
-                .iter()
-                .map(Message::encoded_len)
-                .sum::<usize>();
+    /// Encodes a sample's rows, in their order.
+    pub fn of(sessions: &[pb::Session], processes: &[pb::Process]) -> Self {
+        let len: usize = sessions.iter().map(Message::encoded_len).sum::<usize>()
+            + processes.iter().map(Message::encoded_len).sum::<usize>();
         let mut bytes = Vec::with_capacity(len);
-        let sessions = sample
-            .sessions
+        let sessions = sessions
             .iter()
             .map(|s| encode_row(s.pid, s, &mut bytes))
             .collect();
-        let processes = sample
-            .processes
+        let processes = processes
             .iter()
             .map(|p| encode_row(p.pid, p, &mut bytes))
             .collect();
@@ -493,13 +483,13 @@ mod tests {
     }
 
     fn keyframe(a: &StoredSample) -> Vec<u8> {
-        Encoded::of(a).keyframe(a)
+        Encoded::of(&a.sessions, &a.processes).keyframe(a)
     }
 
     /// `b` stored against `a` (taken at 100).
     fn delta(a: &StoredSample, b: &StoredSample) -> Vec<u8> {
-        let base = Encoded::of(a).into_base();
-        base.delta(100, &Encoded::of(b).into_base(), b)
+        let base = Encoded::of(&a.sessions, &a.processes).into_base();
+        base.delta(100, &Encoded::of(&b.sessions, &b.processes).into_base(), b)
     }
 
     /// The full samples a chain of stored values reads back as.

@@ -181,13 +181,17 @@ pub enum StoreError {
 
 /// Everything one sample writes, applied atomically.
 #[derive(Debug, Default)]
-pub struct Append {
+pub struct Append<'a> {
     /// The instance.
     pub instance: InstanceId,
     /// The sample's time.
     pub sampled_at: Micros,
-    /// The sample.
+    /// The sample but its rows: their fields there are not read.
     pub sample: StoredSample,
+    /// The sample's sessions.
+    pub sessions: &'a [pb::Session],
+    /// The sample's processes.
+    pub processes: &'a [pb::Process],
     /// Query texts the sample refers to (written when absent).
     pub texts: Vec<(u64, std::sync::Arc<str>)>,
     /// The facts, when they differ from the latest stored.

@@ -224,10 +224,13 @@ mod tests {
     fn append(store: &SledStore, step: Step) {
         let instance = store.instance_id("db", "5432").unwrap();
         let mut rng = Rng(step.s.to_bits());
+        let sample = Population::default().step(&mut rng);
         let append = Append {
             instance,
             sampled_at: at(step.s),
-            sample: Population::default().step(&mut rng),
+            sessions: &sample.sessions,
+            processes: &sample.processes,
+            sample: sample.clone(),
             opened: step.opened,
             closed: step.closed,
             dropped: step.dropped,

@@ -458,6 +458,8 @@ mod tests {
                 instance,
                 sampled_at: T0 + s * SECOND,
                 sample: (*sample).clone(),
+                sessions: &sample.sessions,
+                processes: &sample.processes,
                 ..Default::default()
             };
             assert!(store.append(&append).unwrap(), "stored at {s} s");
@@ -499,6 +501,8 @@ mod tests {
                 instance: id,
                 sampled_at: T0 + s * SECOND + SECOND / 2,
                 sample: samples[i].clone(),
+                sessions: &samples[i].sessions,
+                processes: &samples[i].processes,
                 ..Default::default()
             };
             assert!(store.append(&late).unwrap());
