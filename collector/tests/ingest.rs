@@ -277,6 +277,52 @@ async fn unchanged_rows_sent_as_pids_are_stored_whole() {
     server.stop().await;
 }
 
+/// A stream's messages for `snapshots`, as the agent sends them.
+fn stream_of(snapshots: &[Snapshot]) -> Vec<pb::AgentMessage> {
+    let (mut enc, mut rows) = (StreamEncoder::default(), SentRows::default());
+    let mut messages = vec![hello()];
+    for s in snapshots {
+        let mut wire = enc.encode(s);
+        let kind = match rows.strip(&mut wire) {
+            true => pb::agent_message::Kind::Delta(wire),
+            false => pb::agent_message::Kind::Snapshot(wire),
+        };
+        messages.push(pb::AgentMessage { kind: Some(kind) });
+    }
+    messages
+}
+
+#[tokio::test]
+async fn unchanged_rows_are_those_of_their_own_stream() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    // Two agents claim the same instance and sample at the same moment;
+    // the first one's sample 1 is stored, the second one's is a duplicate.
+    let first = snapshot(1, &[(10, "idle", "select 1")]);
+    let (acks, _) = exchange(&server.url, stream_of(std::slice::from_ref(&first)), 1).await;
+    assert!(!acks[0].duplicate);
+    let other = [
+        snapshot(1, &[(10, "active", "select 2")]),
+        snapshot(2, &[(10, "active", "select 2")]),
+    ];
+    let messages = stream_of(&other);
+    assert!(matches!(
+        messages[2].kind,
+        Some(pb::agent_message::Kind::Delta(_))
+    ));
+    let (acks, err) = exchange(&server.url, messages, 2).await;
+    assert!(err.is_none(), "{err:?}");
+    assert!(acks[0].duplicate);
+    assert!(!acks[1].duplicate);
+    assert_eq!(sessions_at(&server.url, 1).await, vec![(10, "idle".into())]);
+    assert_eq!(
+        sessions_at(&server.url, 2).await,
+        vec![(10, "active".into())],
+        "the row the second stream left out is its own, not the stored one"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn history_survives_a_restart_of_the_collector() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,8 +16,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::model::{QueryTexts, Snapshot};
-use crate::unchanged;
+use crate::unchanged::{self, Unchanged};
 use crate::{pb, ProtocolError};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// How many texts an encoder remembers before it starts over.
 pub const DEFAULT_MAX_TEXTS_PER_STREAM: usize = 50_000;
@@ -103,11 +104,33 @@ pub const MAX_INSTANCES_PER_STREAM: usize = 1024;
 
 /// Receiver side: the texts this stream has sent, and the previous
 /// snapshot of each instance on it (whose rows a `delta` refers to, see
-/// [`crate::unchanged`]).
-#[derive(Debug, Default)]
+/// [`crate::unchanged`]). Each decoder has a number of its own, unique in
+/// the process, that names its stream in [`Unchanged::stream`].
+#[derive(Debug)]
 pub struct StreamDecoder {
+    stream: u64,
     known: HashMap<u64, Arc<str>>,
-    last: HashMap<String, Snapshot>,
+    last: HashMap<String, Decoded>,
+}
+
+impl Default for StreamDecoder {
+    fn default() -> Self {
+        static STREAMS: AtomicU64 = AtomicU64::new(1);
+        Self {
+            stream: STREAMS.fetch_add(1, Ordering::Relaxed),
+            known: HashMap::new(),
+            last: HashMap::new(),
+        }
+    }
+}
+
+/// A snapshot as it came out of a stream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Decoded {
+    /// The snapshot, self-contained, rows sorted by pid.
+    pub snapshot: Snapshot,
+    /// Its rows that a `delta` moved over from the snapshot before.
+    pub unchanged: Unchanged,
 }
 
 impl StreamDecoder {
@@ -115,7 +138,7 @@ impl StreamDecoder {
     /// carries and returns the self-contained, validated snapshot, rows
     /// sorted by pid. The decoder keeps it until the next snapshot of its
     /// instance.
-    pub fn decode(&mut self, wire: pb::Snapshot) -> Result<&Snapshot, ProtocolError> {
+    pub fn decode(&mut self, wire: pb::Snapshot) -> Result<&Decoded, ProtocolError> {
         if !wire.unchanged_sessions.is_empty() || !wire.unchanged_processes.is_empty() {
             return Err(ProtocolError::Unexpected(
                 "unchanged rows in a snapshot that is not a delta",
@@ -126,7 +149,7 @@ impl StreamDecoder {
 
     /// As [`StreamDecoder::decode`], for a `delta` message: its unchanged
     /// rows are moved over from the previous snapshot of its instance.
-    pub fn decode_delta(&mut self, mut wire: pb::Snapshot) -> Result<&Snapshot, ProtocolError> {
+    pub fn decode_delta(&mut self, mut wire: pb::Snapshot) -> Result<&Decoded, ProtocolError> {
         if wire.reset_queries {
             self.known.clear();
         }
@@ -153,8 +176,11 @@ impl StreamDecoder {
                     reason: format!("more than {MAX_INSTANCES_PER_STREAM} instances on one stream"),
                 })
             }
-            None => (wire.instance.clone(), Snapshot::default()),
+            None => (wire.instance.clone(), Decoded::default()),
         };
+        let since =
+            (!previous.snapshot.instance.is_empty()).then_some(previous.snapshot.sampled_at);
+        let previous = previous.snapshot;
         unchanged::restore(
             &mut wire.sessions,
             &wire.unchanged_sessions,
@@ -193,7 +219,19 @@ impl StreamDecoder {
             sessions_total: wire.sessions_total,
         };
         snapshot.validate()?;
-        Ok(self.last.entry(key).insert_entry(snapshot).into_mut())
+        let mut unchanged = Unchanged {
+            stream: self.stream,
+            since,
+            sessions: wire.unchanged_sessions,
+            processes: wire.unchanged_processes,
+        };
+        unchanged.sessions.sort_unstable();
+        unchanged.processes.sort_unstable();
+        let decoded = Decoded {
+            snapshot,
+            unchanged,
+        };
+        Ok(self.last.entry(key).insert_entry(decoded).into_mut())
     }
 
     /// A snapshot that needs no stream (every text it refers to, every
@@ -202,7 +240,8 @@ impl StreamDecoder {
         let mut decoder = Self::default();
         let instance = wire.instance.clone();
         decoder.decode(wire)?;
-        Ok(decoder.last.remove(&instance).expect("decoded just now"))
+        let decoded = decoder.last.remove(&instance).expect("decoded just now");
+        Ok(decoded.snapshot)
     }
 }
 
@@ -238,12 +277,12 @@ mod tests {
         let first = snapshot(1, &["select 1", "select 2"]);
         let wire = tx.encode(&first);
         assert_eq!(wire.queries.len(), 2);
-        assert_eq!(rx.decode(wire).unwrap(), &first);
+        assert_eq!(rx.decode(wire).unwrap().snapshot, first);
 
         let second = snapshot(2, &["select 2", "select 3"]);
         let wire = tx.encode(&second);
         assert_eq!(wire.queries.len(), 1, "only the new text travels");
-        assert_eq!(rx.decode(wire).unwrap(), &second);
+        assert_eq!(rx.decode(wire).unwrap().snapshot, second);
     }
 
     #[test]
@@ -302,6 +341,10 @@ mod tests {
         assert!(wire.sessions.is_empty());
         let err = rx.decode(wire.clone()).unwrap_err();
         assert!(matches!(err, ProtocolError::Unexpected(_)), "{err}");
-        assert_eq!(rx.decode_delta(wire).unwrap(), &second);
+        let decoded = rx.decode_delta(wire).unwrap();
+        assert_eq!(decoded.snapshot, second);
+        assert_eq!(decoded.unchanged.since, Some(snapshot(1, &[]).sampled_at));
+        assert_eq!(decoded.unchanged.sessions, vec![100, 101]);
+        assert_ne!(decoded.unchanged.stream, StreamDecoder::default().stream);
     }
 }

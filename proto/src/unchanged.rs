@@ -23,6 +23,7 @@ use prost::encoding::{decode_key, decode_varint, WireType};
 use prost::Message;
 
 use crate::model::MAX_ROWS;
+use crate::time::Micros;
 use crate::{pb, ProtocolError};
 
 /// `pb::Snapshot.sessions`.
@@ -196,11 +197,41 @@ fn by_pid(rows: &Bytes, at: &[RowAt], tag: u32) -> (HashMap<i32, Bytes>, HashSet
     (map, twice)
 }
 
+/// What a decoded snapshot's rows owe to the snapshot before it on the
+/// same stream: the pids of the rows moved over unchanged. A store that
+/// kept the encoding of that earlier snapshot's rows may reuse it for
+/// these, rather than encode them again.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Unchanged {
+    /// The stream (unique in the process, see
+    /// [`crate::intern::StreamDecoder`]).
+    pub stream: u64,
+    /// When the snapshot before was taken; `None` for the first of its
+    /// instance on the stream.
+    pub since: Option<Micros>,
+    /// Pids of the session rows moved over, sorted.
+    pub sessions: Vec<i32>,
+    /// Pids of the process rows moved over, sorted.
+    pub processes: Vec<i32>,
+}
+
+impl Unchanged {
+    /// Whether the session row of `pid` was moved over.
+    pub fn session(&self, pid: i32) -> bool {
+        self.sessions.binary_search(&pid).is_ok()
+    }
+
+    /// Whether the process row of `pid` was moved over.
+    pub fn process(&self, pid: i32) -> bool {
+        self.processes.binary_search(&pid).is_ok()
+    }
+}
+
 /// Receiver side: makes `changed` (a delta's rows sent in full) whole
 /// again with the `unchanged` rows, moved out of `previous` (the rows of
 /// the instance's previous snapshot on the stream, sorted by pid), and
-/// sorts them by pid. A pid `previous` does not hold, or names twice, is
-/// refused.
+/// sorts them by pid. A pid `previous` does not hold, or holds twice, or
+/// that comes twice, is refused.
 pub fn restore<M: Default>(
     changed: &mut Vec<M>,
     unchanged: &[i32],
@@ -222,6 +253,10 @@ pub fn restore<M: Default>(
     changed.reserve(unchanged.len());
     for &p in unchanged {
         let i = pids.binary_search(&p).map_err(|_| missing(p))?;
+        if pids.get(i.wrapping_sub(1)) == Some(&p) || pids.get(i + 1) == Some(&p) {
+            // The sender never refers to a pid that named two rows.
+            return Err(missing(p));
+        }
         // A row moved out leaves a default one behind, whose pid is 0 (a
         // stored row's pid is positive).
         let row = std::mem::take(&mut previous[i]);
@@ -290,6 +325,7 @@ mod tests {
             false => rx.decode(out),
         }
         .unwrap();
+        let got = &got.snapshot;
         let got = snapshot(&got.instance, got.sessions.clone(), got.processes.clone());
         (got, lists.0, lists.1)
     }

@@ -415,8 +415,8 @@ mod receiver {
                     let ack = match decoded {
                         Ok(snapshot) => Ok(pb::CollectorMessage {
                             kind: Some(pb::collector_message::Kind::Ack(pb::Ack {
-                                instance: snapshot.instance.clone(),
-                                seq: snapshot.seq,
+                                instance: snapshot.snapshot.instance.clone(),
+                                seq: snapshot.snapshot.seq,
                                 duplicate: false,
                             })),
                         }),

@@ -18,9 +18,11 @@ pub use open_set::Changes;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use pgtrail_proto::intern::Decoded;
 use pgtrail_proto::model::Snapshot;
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
+use pgtrail_proto::unchanged::Unchanged;
 
 use self::episodes::{SessionEpisodes, SESSION_KINDS};
 use self::instance::InstanceEpisodes;
@@ -51,6 +53,9 @@ struct InstanceState {
     instance: InstanceEpisodes,
     context: Context,
     last_at: Micros,
+    /// The stream that sent the sample at `last_at` (when it came through
+    /// [`Ingestor::append_decoded`]), and that time.
+    last_from: Option<(u64, Option<Micros>)>,
     facts: Option<pb::InstanceFacts>,
     /// Query texts known to be stored, so a sample passes the store only
     /// texts it may not have (bounded: forgotten all at once when full).
@@ -123,6 +128,27 @@ impl Ingestor {
     /// Stores `snapshot` of `host` without waiting for the disk; call
     /// [`Ingestor::flush`] before acknowledging it.
     pub async fn append(&self, host: &str, snapshot: &Snapshot) -> Result<Outcome, StoreError> {
+        self.append_with(host, snapshot, None).await
+    }
+
+    /// As [`Ingestor::append`], for a snapshot as it came out of a stream:
+    /// the rows it moved over from the one before are not encoded again
+    /// when that one is the instance's latest stored sample.
+    pub async fn append_decoded(
+        &self,
+        host: &str,
+        decoded: &Decoded,
+    ) -> Result<Outcome, StoreError> {
+        self.append_with(host, &decoded.snapshot, Some(&decoded.unchanged))
+            .await
+    }
+
+    async fn append_with(
+        &self,
+        host: &str,
+        snapshot: &Snapshot,
+        unchanged: Option<&Unchanged>,
+    ) -> Result<Outcome, StoreError> {
         let slot = {
             let mut states = self.states.lock().expect("not poisoned");
             states
@@ -135,7 +161,7 @@ impl Ingestor {
             *guard = Some(self.load(host, &snapshot.instance)?);
         }
         let state = guard.as_mut().expect("loaded above");
-        let result = self.append_locked(state, snapshot);
+        let result = self.append_locked(state, snapshot, unchanged);
         if result.is_err() {
             // The tracker may be ahead of the store: reload it next time.
             *guard = None;
@@ -169,6 +195,7 @@ impl Ingestor {
             instance: InstanceEpisodes::resume(open(&INSTANCE_KINDS)?),
             context,
             last_at,
+            last_from: None,
             facts,
             stored_texts: HashSet::new(),
             rollups,
@@ -231,6 +258,7 @@ impl Ingestor {
         &self,
         state: &mut InstanceState,
         snapshot: &Snapshot,
+        unchanged: Option<&Unchanged>,
     ) -> Result<Outcome, StoreError> {
         let t = snapshot.sampled_at;
         // Nothing newer than the instance's latest sample is stored yet, so
@@ -285,6 +313,10 @@ impl Ingestor {
             sample: stored_sample(snapshot),
             sessions: &snapshot.sessions,
             processes: &snapshot.processes,
+            // Only this stream's previous snapshot, stored last, is what
+            // the rows were moved over from.
+            unchanged: unchanged
+                .filter(|u| u.since.is_some() && state.last_from == Some((u.stream, u.since))),
             texts,
             facts: facts.clone(),
             rollups: both.now,
@@ -315,6 +347,7 @@ impl Ingestor {
         if in_order {
             state.context = next_context;
             state.last_at = t;
+            state.last_from = unchanged.map(|u| (u.stream, Some(t)));
             state.rollups = append.open_rollups;
         } else {
             // A late sample may have written a cached rollup: read the

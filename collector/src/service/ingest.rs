@@ -99,7 +99,7 @@ async fn serve(
                 _ = stopping.wait_for(|stop| *stop) => None,
             };
             let Some(message) = next else { break };
-            let snapshot = match message.kind {
+            let decoded = match message.kind {
                 Some(Kind::Snapshot(wire)) => decoder.decode(wire)?,
                 Some(Kind::Delta(wire)) => decoder.decode_delta(wire)?,
                 Some(Kind::Hello(_)) => {
@@ -107,9 +107,9 @@ async fn serve(
                 }
                 None => return Err(ProtocolError::Missing("kind").into()),
             };
-            let (instance, seq) = (snapshot.instance.clone(), snapshot.seq);
+            let (instance, seq) = (decoded.snapshot.instance.clone(), decoded.snapshot.seq);
             let outcome = ingestor
-                .append(&hello.host, snapshot)
+                .append_decoded(&hello.host, decoded)
                 .await
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
             let ack = pb::Ack {

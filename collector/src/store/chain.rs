@@ -18,24 +18,32 @@ impl SledStore {
     /// How `a`'s sample is stored (not compressed yet), and its rows as
     /// the next sample's base: a delta against the instance's previous sample when that is
     /// in the same minute and older, else a keyframe.
+    ///
+    /// Rows `a` says did not change since the previous sample (when that
+    /// is the base) are copied from the base, not encoded again.
     pub(super) fn encode_sample(&self, a: &Append) -> (Vec<u8>, Base) {
-        let current = Encoded::of(a.sessions, a.processes);
-        let chains = self.chains.lock().expect("not poisoned");
-        match chains.get(&a.instance) {
-            Some((last, base))
-                if *last < a.sampled_at
-                    && Resolution::Minute.start_of(*last)
-                        == Resolution::Minute.start_of(a.sampled_at) =>
-            {
-                let current = current.into_base();
-                let delta = base.delta(*last, &current, &a.sample);
-                drop(chains);
-                (delta, current)
-            }
-            _ => {
-                drop(chains);
-                (current.keyframe(&a.sample), current.into_base())
-            }
+        let previous = {
+            let chains = self.chains.lock().expect("not poisoned");
+            chains
+                .get(&a.instance)
+                .map(|(last, base)| (*last, base.clone()))
+        };
+        let Some((last, base)) = previous else {
+            let current = Encoded::of(a.sessions, a.processes, None);
+            return (current.keyframe(&a.sample), current.into_base());
+        };
+        let reuse = a
+            .unchanged
+            .filter(|u| u.since == Some(last))
+            .map(|u| (base.as_ref(), u));
+        let current = Encoded::of(a.sessions, a.processes, reuse);
+        if last < a.sampled_at
+            && Resolution::Minute.start_of(last) == Resolution::Minute.start_of(a.sampled_at)
+        {
+            let current = current.into_base();
+            (base.delta(last, &current, &a.sample), current)
+        } else {
+            (current.keyframe(&a.sample), current.into_base())
         }
     }
 

@@ -29,6 +29,7 @@ use std::ops::Range;
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
+use pgtrail_proto::unchanged::Unchanged;
 use prost::bytes::Bytes;
 use prost::encoding::{
     decode_key, decode_varint, encode_key, encode_varint, skip_field, DecodeContext, WireType,
@@ -276,18 +277,44 @@ pub struct Encoded {
 }
 
 impl Encoded {
-    /// Encodes a sample's rows, in their order.
-    pub fn of(sessions: &[pb::Session], processes: &[pb::Process]) -> Self {
-        let len: usize = sessions.iter().map(Message::encoded_len).sum::<usize>()
-            + processes.iter().map(Message::encoded_len).sum::<usize>();
-        let mut bytes = Vec::with_capacity(len);
+    /// Encodes a sample's rows, in their order. With `reuse`, the rows it
+    /// names as unchanged are copied from the base (whose rows they
+    /// equal), when the base has their pid.
+    pub fn of(
+        sessions: &[pb::Session],
+        processes: &[pb::Process],
+        reuse: Option<(&Base, &Unchanged)>,
+    ) -> Self {
+        let mut bytes = Vec::with_capacity(match reuse {
+            Some((base, _)) => base.0.bytes.len() + base.0.bytes.len() / 4,
+            None => {
+                sessions.iter().map(Message::encoded_len).sum::<usize>()
+                    + processes.iter().map(Message::encoded_len).sum::<usize>()
+            }
+        });
         let sessions = sessions
             .iter()
-            .map(|s| encode_row(s.pid, s, &mut bytes))
+            .map(|s| {
+                let kept = reuse
+                    .filter(|(_, u)| u.session(s.pid))
+                    .and_then(|(base, _)| base.0.session(s.pid));
+                match kept {
+                    Some(row) => copy_row(s.pid, row, &mut bytes),
+                    None => encode_row(s.pid, s, &mut bytes),
+                }
+            })
             .collect();
         let processes = processes
             .iter()
-            .map(|p| encode_row(p.pid, p, &mut bytes))
+            .map(|p| {
+                let kept = reuse
+                    .filter(|(_, u)| u.process(p.pid))
+                    .and_then(|(base, _)| base.0.process(p.pid));
+                match kept {
+                    Some(row) => copy_row(p.pid, row, &mut bytes),
+                    None => encode_row(p.pid, p, &mut bytes),
+                }
+            })
             .collect();
         Self {
             bytes,
@@ -316,6 +343,21 @@ impl Encoded {
         by_pid(&mut self.sessions);
         by_pid(&mut self.processes);
         Base(self)
+    }
+
+    /// The bytes of the session row of `pid`; rows sorted by pid.
+    fn session(&self, pid: i32) -> Option<&[u8]> {
+        self.find(&self.sessions, pid)
+    }
+
+    /// The bytes of the process row of `pid`; rows sorted by pid.
+    fn process(&self, pid: i32) -> Option<&[u8]> {
+        self.find(&self.processes, pid)
+    }
+
+    fn find(&self, rows: &[Row], pid: i32) -> Option<&[u8]> {
+        let i = rows.binary_search_by_key(&pid, |r| r.pid).ok()?;
+        Some(self.row(&rows[i]))
     }
 
     fn rows(&self) -> usize {
@@ -418,6 +460,16 @@ fn encode_row(pid: i32, row: &impl Message, bytes: &mut Vec<u8>) -> Row {
     }
 }
 
+/// Appends a row's bytes as they are.
+fn copy_row(pid: i32, row: &[u8], bytes: &mut Vec<u8>) -> Row {
+    let start = bytes.len();
+    bytes.extend_from_slice(row);
+    Row {
+        pid,
+        bytes: start..bytes.len(),
+    }
+}
+
 /// Sorts rows by pid, keeping the last of rows that share one (as
 /// [`Rows::apply`] does).
 fn by_pid(rows: &mut Vec<Row>) {
@@ -483,13 +535,17 @@ mod tests {
     }
 
     fn keyframe(a: &StoredSample) -> Vec<u8> {
-        Encoded::of(&a.sessions, &a.processes).keyframe(a)
+        Encoded::of(&a.sessions, &a.processes, None).keyframe(a)
     }
 
     /// `b` stored against `a` (taken at 100).
     fn delta(a: &StoredSample, b: &StoredSample) -> Vec<u8> {
-        let base = Encoded::of(&a.sessions, &a.processes).into_base();
-        base.delta(100, &Encoded::of(&b.sessions, &b.processes).into_base(), b)
+        let base = Encoded::of(&a.sessions, &a.processes, None).into_base();
+        base.delta(
+            100,
+            &Encoded::of(&b.sessions, &b.processes, None).into_base(),
+            b,
+        )
     }
 
     /// The full samples a chain of stored values reads back as.
@@ -707,5 +763,41 @@ mod tests {
         let stored = Stored::parse(patched.clone().into()).unwrap();
         assert_eq!(rows.apply(&stored), Err(PatchError::NoBase(1)));
         assert!(Stored::parse(patched[..patched.len() - 1].to_vec().into()).is_err());
+    }
+
+    #[test]
+    fn rows_named_unchanged_are_copied_from_the_base() {
+        let a = full(vec![idle(1, "idle"), idle(2, "idle")], vec![rss(1, 10)]);
+        let base = Encoded::of(&a.sessions, &a.processes, None).into_base();
+        let all = Unchanged {
+            since: Some(100),
+            sessions: vec![1, 2],
+            processes: vec![1],
+            ..Default::default()
+        };
+        let fresh = Encoded::of(&a.sessions, &a.processes, None);
+        let reused = Encoded::of(&a.sessions, &a.processes, Some((&base, &all)));
+        assert_eq!(reused.bytes, fresh.bytes);
+        assert_eq!(reused.sessions, fresh.sessions);
+
+        // The hint is trusted: the row of a pid named unchanged is the
+        // base's; others, and pids the base lacks, are encoded.
+        let b = full(
+            vec![idle(1, "active"), idle(2, "active"), idle(3, "idle")],
+            vec![rss(1, 20)],
+        );
+        let some = Unchanged {
+            sessions: vec![1, 3],
+            ..all
+        };
+        let got = Encoded::of(&b.sessions, &b.processes, Some((&base, &some))).into_base();
+        let decoded = |pid| pb::Session::decode(got.0.session(pid).unwrap()).unwrap();
+        assert_eq!(decoded(1), a.sessions[0], "copied");
+        assert_eq!(decoded(2), b.sessions[1], "encoded");
+        assert_eq!(decoded(3), b.sessions[2], "not in the base: encoded");
+        assert_eq!(
+            pb::Process::decode(got.0.process(1).unwrap()).unwrap(),
+            a.processes[0]
+        );
     }
 }

@@ -107,6 +107,7 @@ use std::collections::HashMap;
 
 use pgtrail_proto::pb;
 use pgtrail_proto::time::Micros;
+use pgtrail_proto::unchanged::Unchanged;
 use thiserror::Error;
 
 /// The store failed.
@@ -192,6 +193,11 @@ pub struct Append<'a> {
     pub sessions: &'a [pb::Session],
     /// The sample's processes.
     pub processes: &'a [pb::Process],
+    /// Rows that are, in value, the rows of the same pids in the
+    /// instance's sample at `since` (the store may reuse that sample's
+    /// encoding of them). Only ever set when that sample was the last
+    /// stored.
+    pub unchanged: Option<&'a Unchanged>,
     /// Query texts the sample refers to (written when absent).
     pub texts: Vec<(u64, std::sync::Arc<str>)>,
     /// The facts, when they differ from the latest stored.

@@ -75,7 +75,7 @@ pub struct SledStore {
     instance_keys: RwLock<HashMap<InstanceId, Vec<u8>>>,
     /// Per instance, the last sample appended in order and its encoded
     /// rows: what the next sample's delta is taken against.
-    pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Base)>>,
+    pub(super) chains: std::sync::Mutex<HashMap<InstanceId, (Micros, Arc<Base>)>>,
     /// The rollups still being written.
     open: OpenRollups,
     /// The identities closed episodes refer to.
@@ -657,7 +657,7 @@ impl Store for SledStore {
                 .get(&a.instance)
                 .is_none_or(|(last, _)| a.sampled_at > *last);
             if newer {
-                chains.insert(a.instance, (a.sampled_at, rows));
+                chains.insert(a.instance, (a.sampled_at, Arc::new(rows)));
             }
             drop(chains);
             let written: Vec<_> = rollups
