@@ -18,7 +18,7 @@
 //! Episodes shorter than their kind's [`floor`] are not stored: a busy
 //! server runs thousands of sub-second statements a second.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND, IDLE_IN_TRANSACTION};
 use pgtrail_proto::pb;

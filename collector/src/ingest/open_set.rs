@@ -6,7 +6,7 @@
 //! a new blocker), and moved to the closed episodes when a sample no longer
 //! sees it. Those below the floor when they end are never written.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 
 use pgtrail_proto::time::Micros;
 

@@ -8,7 +8,9 @@
 //! the same whatever order its samples arrive in, and a question's window
 //! can be assembled from hour, minute and raw-sample pieces alike.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+
+use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet};
 
 use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
@@ -38,7 +40,7 @@ pub struct Context {
     /// When it was taken.
     pub at: Option<Micros>,
     /// Its client sessions: (pid, backend_start) → backend_start.
-    pub sessions: HashSet<(i32, Option<Micros>)>,
+    pub sessions: FastSet<(i32, Option<Micros>)>,
     /// Its sessions counter (PG 14+).
     pub sessions_total: Option<u64>,
     /// max_connections − superuser_reserved_connections in force.
@@ -101,7 +103,7 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
         ..Default::default()
     };
     // Count by borrowed values; own a key once per distinct value.
-    let mut counts: HashMap<(usize, &str), u32> = HashMap::new();
+    let mut counts: FastMap<(usize, &str), u32> = FastMap::with_capacity(64);
     for s in &clients {
         for (d, dimension) in DIMENSIONS.iter().enumerate() {
             *counts.entry((d, dimension_str(dimension, s))).or_insert(0) += 1;
@@ -134,7 +136,7 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
     }
 
     // Churn: sessions that appeared and ended since the previous sample.
-    let now: HashSet<(i32, Option<Micros>)> = clients
+    let now: FastSet<(i32, Option<Micros>)> = clients
         .iter()
         .map(|s| (s.pid, s.backend_start_us))
         .collect();
@@ -157,7 +159,7 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
     r.max_started_per_minute = started(&r);
 
     // Wait events of active sessions (the agent's own left out).
-    let mut waits: HashMap<ActiveIn<'_>, u64> = HashMap::new();
+    let mut waits: FastMap<ActiveIn<'_>, u64> = FastMap::new();
     for s in &snapshot.sessions {
         if s.state.as_deref() != Some("active")
             || s.application_name.as_deref() == Some(AGENT_APPLICATION)
