@@ -215,18 +215,6 @@ pub struct Unchanged {
     pub processes: Vec<i32>,
 }
 
-impl Unchanged {
-    /// Whether the session row of `pid` was moved over.
-    pub fn session(&self, pid: i32) -> bool {
-        self.sessions.binary_search(&pid).is_ok()
-    }
-
-    /// Whether the process row of `pid` was moved over.
-    pub fn process(&self, pid: i32) -> bool {
-        self.processes.binary_search(&pid).is_ok()
-    }
-}
-
 /// Receiver side: makes `changed` (a delta's rows sent in full) whole
 /// again with the `unchanged` rows, moved out of `previous` (the rows of
 /// the instance's previous snapshot on the stream, sorted by pid), and

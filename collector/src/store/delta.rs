@@ -292,30 +292,10 @@ impl Encoded {
                     + processes.iter().map(Message::encoded_len).sum::<usize>()
             }
         });
-        let sessions = sessions
-            .iter()
-            .map(|s| {
-                let kept = reuse
-                    .filter(|(_, u)| u.session(s.pid))
-                    .and_then(|(base, _)| base.0.session(s.pid));
-                match kept {
-                    Some(row) => copy_row(s.pid, row, &mut bytes),
-                    None => encode_row(s.pid, s, &mut bytes),
-                }
-            })
-            .collect();
-        let processes = processes
-            .iter()
-            .map(|p| {
-                let kept = reuse
-                    .filter(|(_, u)| u.process(p.pid))
-                    .and_then(|(base, _)| base.0.process(p.pid));
-                match kept {
-                    Some(row) => copy_row(p.pid, row, &mut bytes),
-                    None => encode_row(p.pid, p, &mut bytes),
-                }
-            })
-            .collect();
+        let reuse_sessions = reuse.map(|(b, u)| (&b.0, &b.0.sessions[..], &u.sessions[..]));
+        let sessions = encode_rows(sessions, |s| s.pid, reuse_sessions, &mut bytes);
+        let reuse_processes = reuse.map(|(b, u)| (&b.0, &b.0.processes[..], &u.processes[..]));
+        let processes = encode_rows(processes, |p| p.pid, reuse_processes, &mut bytes);
         Self {
             bytes,
             sessions,
@@ -345,16 +325,8 @@ impl Encoded {
         Base(self)
     }
 
-    /// The bytes of the session row of `pid`; rows sorted by pid.
-    fn session(&self, pid: i32) -> Option<&[u8]> {
-        self.find(&self.sessions, pid)
-    }
-
-    /// The bytes of the process row of `pid`; rows sorted by pid.
-    fn process(&self, pid: i32) -> Option<&[u8]> {
-        self.find(&self.processes, pid)
-    }
-
+    /// The bytes of the row of `pid` among `rows` (of `self`, sorted by
+    /// pid).
     fn find(&self, rows: &[Row], pid: i32) -> Option<&[u8]> {
         let i = rows.binary_search_by_key(&pid, |r| r.pid).ok()?;
         Some(self.row(&rows[i]))
@@ -458,6 +430,29 @@ fn encode_row(pid: i32, row: &impl Message, bytes: &mut Vec<u8>) -> Row {
         pid,
         bytes: start..bytes.len(),
     }
+}
+
+/// Encodes `rows` into `bytes`, in their order; with `reuse` (a base, its
+/// rows of this kind, and the sorted pids of the rows that are unchanged
+/// since it), an unchanged row the base has is copied from it instead.
+fn encode_rows<M: Message>(
+    rows: &[M],
+    pid: fn(&M) -> i32,
+    reuse: Option<(&Encoded, &[Row], &[i32])>,
+    bytes: &mut Vec<u8>,
+) -> Vec<Row> {
+    rows.iter()
+        .map(|row| {
+            let pid = pid(row);
+            let kept = reuse
+                .filter(|(_, _, unchanged)| unchanged.binary_search(&pid).is_ok())
+                .and_then(|(base, base_rows, _)| base.find(base_rows, pid));
+            match kept {
+                Some(kept) => copy_row(pid, kept, bytes),
+                None => encode_row(pid, row, bytes),
+            }
+        })
+        .collect()
 }
 
 /// Appends a row's bytes as they are.
@@ -791,13 +786,11 @@ mod tests {
             ..all
         };
         let got = Encoded::of(&b.sessions, &b.processes, Some((&base, &some))).into_base();
-        let decoded = |pid| pb::Session::decode(got.0.session(pid).unwrap()).unwrap();
+        let decoded = |pid| pb::Session::decode(got.0.find(&got.0.sessions, pid).unwrap()).unwrap();
         assert_eq!(decoded(1), a.sessions[0], "copied");
         assert_eq!(decoded(2), b.sessions[1], "encoded");
         assert_eq!(decoded(3), b.sessions[2], "not in the base: encoded");
-        assert_eq!(
-            pb::Process::decode(got.0.process(1).unwrap()).unwrap(),
-            a.processes[0]
-        );
+        let process = got.0.find(&got.0.processes, 1).unwrap();
+        assert_eq!(pb::Process::decode(process).unwrap(), a.processes[0]);
     }
 }
