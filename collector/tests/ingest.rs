@@ -324,6 +324,37 @@ async fn unchanged_rows_are_those_of_their_own_stream() {
 }
 
 #[tokio::test]
+async fn a_duplicate_that_differs_does_not_pass_for_the_stored_sample() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path()).await;
+    // One stream sends sample 1 twice, the second time different (only a
+    // confused agent would): the second is a duplicate, not stored, but
+    // it is what the stream's next delta refers to.
+    let snapshots = [
+        snapshot(1, &[(10, "idle", "select 1")]),
+        snapshot(1, &[(10, "active", "select 2")]),
+        snapshot(2, &[(10, "active", "select 2")]),
+    ];
+    let messages = stream_of(&snapshots);
+    assert!(matches!(
+        messages[3].kind,
+        Some(pb::agent_message::Kind::Delta(_))
+    ));
+    let (acks, err) = exchange(&server.url, messages, 3).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(
+        acks.iter().map(|a| a.duplicate).collect::<Vec<_>>(),
+        [false, true, false]
+    );
+    assert_eq!(sessions_at(&server.url, 1).await, vec![(10, "idle".into())]);
+    assert_eq!(
+        sessions_at(&server.url, 2).await,
+        vec![(10, "active".into())]
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn history_survives_a_restart_of_the_collector() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

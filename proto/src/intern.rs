@@ -102,6 +102,11 @@ impl StreamEncoder {
 /// previous snapshot of each.
 pub const MAX_INSTANCES_PER_STREAM: usize = 1024;
 
+/// How many rows (sessions and processes, over all its instances) the
+/// receiver keeps for one stream: those of one instance at the most
+/// [`crate::model::MAX_ROWS`] each.
+pub const MAX_ROWS_PER_STREAM: usize = 2 * crate::model::MAX_ROWS;
+
 /// Receiver side: the texts this stream has sent, and the previous
 /// snapshot of each instance on it (whose rows a `delta` refers to, see
 /// [`crate::unchanged`]). Each decoder has a number of its own, unique in
@@ -111,6 +116,8 @@ pub struct StreamDecoder {
     stream: u64,
     known: HashMap<u64, Arc<str>>,
     last: HashMap<String, Decoded>,
+    /// The rows `last` holds.
+    held: usize,
 }
 
 impl Default for StreamDecoder {
@@ -120,6 +127,7 @@ impl Default for StreamDecoder {
             stream: STREAMS.fetch_add(1, Ordering::Relaxed),
             known: HashMap::new(),
             last: HashMap::new(),
+            held: 0,
         }
     }
 }
@@ -181,6 +189,7 @@ impl StreamDecoder {
         let since =
             (!previous.snapshot.instance.is_empty()).then_some(previous.snapshot.sampled_at);
         let previous = previous.snapshot;
+        self.held -= previous.sessions.len() + previous.processes.len();
         unchanged::restore(
             &mut wire.sessions,
             &wire.unchanged_sessions,
@@ -219,6 +228,14 @@ impl StreamDecoder {
             sessions_total: wire.sessions_total,
         };
         snapshot.validate()?;
+        let rows = snapshot.sessions.len() + snapshot.processes.len();
+        if self.held + rows > MAX_ROWS_PER_STREAM {
+            return Err(ProtocolError::Invalid {
+                field: "sessions",
+                reason: format!("more than {MAX_ROWS_PER_STREAM} rows on one stream"),
+            });
+        }
+        self.held += rows;
         let mut unchanged = Unchanged {
             stream: self.stream,
             since,

@@ -219,7 +219,7 @@ pub struct Unchanged {
 /// again with the `unchanged` rows, moved out of `previous` (the rows of
 /// the instance's previous snapshot on the stream, sorted by pid), and
 /// sorts them by pid. A pid `previous` does not hold, or holds twice, or
-/// that comes twice, is refused.
+/// that comes twice, or also in full, is refused.
 pub fn restore<M: Default>(
     changed: &mut Vec<M>,
     unchanged: &[i32],
@@ -233,6 +233,12 @@ pub fn restore<M: Default>(
             reason: format!("more than {MAX_ROWS} rows"),
         });
     }
+    if unchanged.is_empty() {
+        changed.sort_by_key(pid);
+        return Ok(());
+    }
+    let mut full: Vec<i32> = changed.iter().map(pid).collect();
+    full.sort_unstable();
     let pids: Vec<i32> = previous.iter().map(pid).collect();
     let missing = |p: i32| ProtocolError::Invalid {
         field,
@@ -240,6 +246,12 @@ pub fn restore<M: Default>(
     };
     changed.reserve(unchanged.len());
     for &p in unchanged {
+        if full.binary_search(&p).is_ok() {
+            return Err(ProtocolError::Invalid {
+                field,
+                reason: format!("pid {p} came both in full and unchanged"),
+            });
+        }
         let i = pids.binary_search(&p).map_err(|_| missing(p))?;
         if pids.get(i.wrapping_sub(1)) == Some(&p) || pids.get(i + 1) == Some(&p) {
             // The sender never refers to a pid that named two rows.
@@ -437,6 +449,28 @@ mod tests {
         let mut twice = snapshot("main", vec![], vec![]);
         twice.unchanged_sessions = vec![10, 10];
         assert!(rx.decode_delta(twice).is_err(), "one row cannot come twice");
+
+        let mut rx = StreamDecoder::default();
+        rx.decode(snapshot("main", vec![session(10, "idle")], vec![]))
+            .unwrap();
+        let mut both = snapshot("main", vec![session(10, "active")], vec![]);
+        both.unchanged_sessions = vec![10];
+        let err = rx.decode_delta(both).unwrap_err();
+        assert!(
+            err.to_string().contains("both in full and unchanged"),
+            "{err}"
+        );
+
+        let mut rx = StreamDecoder::default();
+        let held_twice = snapshot(
+            "main",
+            vec![session(10, "idle"), session(10, "active")],
+            vec![],
+        );
+        rx.decode(held_twice).unwrap();
+        let mut one = snapshot("main", vec![], vec![]);
+        one.unchanged_sessions = vec![10];
+        assert!(rx.decode_delta(one).is_err(), "which of the two?");
     }
 
     #[test]

@@ -54,8 +54,10 @@ struct InstanceState {
     context: Context,
     last_at: Micros,
     /// The stream that sent the sample at `last_at` (when it came through
-    /// [`Ingestor::append_decoded`]), and that time.
-    last_from: Option<(u64, Option<Micros>)>,
+    /// [`Ingestor::append_decoded`]), and that time; forgotten by any
+    /// append that does not store an in-order sample, so that a
+    /// duplicate's rows (which may differ) never pass for the stored ones.
+    last_from: Option<(u64, Micros)>,
     facts: Option<pb::InstanceFacts>,
     /// Query texts known to be stored, so a sample passes the store only
     /// texts it may not have (bounded: forgotten all at once when full).
@@ -260,6 +262,7 @@ impl Ingestor {
         snapshot: &Snapshot,
         unchanged: Option<&Unchanged>,
     ) -> Result<Outcome, StoreError> {
+        let last_from = state.last_from.take();
         let t = snapshot.sampled_at;
         // Nothing newer than the instance's latest sample is stored yet, so
         // only a sample at or before it needs looking up.
@@ -316,7 +319,7 @@ impl Ingestor {
             // Only this stream's previous snapshot, stored last, is what
             // the rows were moved over from.
             unchanged: unchanged
-                .filter(|u| u.since.is_some() && state.last_from == Some((u.stream, u.since))),
+                .filter(|u| last_from.is_some() && last_from == u.since.map(|s| (u.stream, s))),
             texts,
             facts: facts.clone(),
             rollups: both.now,
@@ -347,7 +350,7 @@ impl Ingestor {
         if in_order {
             state.context = next_context;
             state.last_at = t;
-            state.last_from = unchanged.map(|u| (u.stream, Some(t)));
+            state.last_from = unchanged.map(|u| (u.stream, t));
             state.rollups = append.open_rollups;
         } else {
             // A late sample may have written a cached rollup: read the
@@ -493,7 +496,7 @@ struct Folded {
     open: Shared,
 }
 
-/// The snapshot as a sample to store, its rows moved when it is owned.
+/// The snapshot as a sample to store, but its rows (`Append` borrows them).
 fn stored_sample(snapshot: &Snapshot) -> StoredSample {
     StoredSample {
         blind_spots: snapshot.blind_spots.clone(),

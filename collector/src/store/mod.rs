@@ -194,9 +194,10 @@ pub struct Append<'a> {
     /// The sample's processes.
     pub processes: &'a [pb::Process],
     /// Rows that are, in value, the rows of the same pids in the
-    /// instance's sample at `since` (the store may reuse that sample's
-    /// encoding of them). Only ever set when that sample was the last
-    /// stored.
+    /// instance's sample at `since` (the store may reuse its encoding of
+    /// them when it still keeps that sample's rows). The caller sets it
+    /// only when the sample at `since` it stored last is the very one the
+    /// rows were moved over from.
     pub unchanged: Option<&'a Unchanged>,
     /// Query texts the sample refers to (written when absent).
     pub texts: Vec<(u64, std::sync::Arc<str>)>,
