@@ -210,8 +210,6 @@ async fn sessions_at(url: &str, seq: u64) -> Vec<(i32, String)> {
 async fn unchanged_rows_sent_as_pids_are_stored_whole() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;
-    let (mut enc, mut rows) = (StreamEncoder::default(), SentRows::default());
-    let mut messages = vec![hello()];
     let states = [
         [
             (10, "idle", "select 1"),
@@ -229,18 +227,19 @@ async fn unchanged_rows_sent_as_pids_are_stored_whole() {
             (12, "idle", "select 3"),
         ],
     ];
-    for (seq, sessions) in (1..).zip(&states) {
-        let mut wire = enc.encode(&snapshot(seq, sessions));
-        let delta = rows.strip(&mut wire);
-        assert_eq!(delta, seq > 1);
-        if delta {
-            assert_eq!(wire.sessions.len(), 1, "one row changed");
+    let snapshots: Vec<_> = (1..)
+        .zip(&states)
+        .map(|(seq, s)| snapshot(seq, s))
+        .collect();
+    let messages = stream_of(&snapshots);
+    for (i, m) in messages[1..].iter().enumerate() {
+        match &m.kind {
+            Some(pb::agent_message::Kind::Delta(wire)) => {
+                assert!(i > 0, "the first goes whole");
+                assert_eq!(wire.sessions.len(), 1, "one row changed");
+            }
+            _ => assert_eq!(i, 0, "later ones are deltas"),
         }
-        let kind = match delta {
-            true => pb::agent_message::Kind::Delta(wire),
-            false => pb::agent_message::Kind::Snapshot(wire),
-        };
-        messages.push(pb::AgentMessage { kind: Some(kind) });
     }
     let (acks, err) = exchange(&server.url, messages, 3).await;
     assert!(err.is_none(), "{err:?}");
