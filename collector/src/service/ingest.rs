@@ -74,19 +74,24 @@ async fn serve(
     }
     info!(host = %hello.host, agent = %hello.agent_id, version = %hello.agent_version, "agent connected");
     // Appends go on while earlier ones wait for the disk: the acker makes
-    // them durable (sharing flushes) and acknowledges them in order.
+    // them durable and acknowledges them in order. One flush covers every
+    // append waiting when it starts: the acker takes all of them at once,
+    // and streams share flushes (group commit).
     let (appended, mut to_ack) = mpsc::channel::<pb::Ack>(PIPELINE);
     let acker = async {
-        while let Some(ack) = to_ack.recv().await {
+        let mut waiting = Vec::new();
+        while to_ack.recv_many(&mut waiting, PIPELINE).await > 0 {
             ingestor
                 .durable()
                 .await
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
-            let message = pb::CollectorMessage {
-                kind: Some(pb::collector_message::Kind::Ack(ack)),
-            };
-            if acks.send(Ok(message)).await.is_err() {
-                break; // the agent hung up
+            for ack in waiting.drain(..) {
+                let message = pb::CollectorMessage {
+                    kind: Some(pb::collector_message::Kind::Ack(ack)),
+                };
+                if acks.send(Ok(message)).await.is_err() {
+                    return Ok(()); // the agent hung up
+                }
             }
         }
         Ok::<(), Status>(())
