@@ -192,14 +192,14 @@ impl StreamDecoder {
         self.held -= previous.sessions.len() + previous.processes.len();
         unchanged::restore(
             &mut wire.sessions,
-            &wire.unchanged_sessions,
+            &mut wire.unchanged_sessions,
             previous.sessions,
             |s| s.pid,
             "unchanged_sessions",
         )?;
         unchanged::restore(
             &mut wire.processes,
-            &wire.unchanged_processes,
+            &mut wire.unchanged_processes,
             previous.processes,
             |p| p.pid,
             "unchanged_processes",
@@ -236,14 +236,13 @@ impl StreamDecoder {
             });
         }
         self.held += rows;
-        let mut unchanged = Unchanged {
+        // Sorted by `restore`.
+        let unchanged = Unchanged {
             stream: self.stream,
             since,
             sessions: wire.unchanged_sessions,
             processes: wire.unchanged_processes,
         };
-        unchanged.sessions.sort_unstable();
-        unchanged.processes.sort_unstable();
         let decoded = Decoded {
             snapshot,
             unchanged,
