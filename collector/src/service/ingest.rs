@@ -56,7 +56,7 @@ impl Ingest for IngestService {
 }
 
 async fn serve(
-    ingestor: &Ingestor,
+    ingestor: &Arc<Ingestor>,
     inbound: &mut Streaming<pb::AgentMessage>,
     acks: &mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     mut stopping: watch::Receiver<bool>,
@@ -73,29 +73,11 @@ async fn serve(
         return Err(ProtocolError::Missing("hello.host").into());
     }
     info!(host = %hello.host, agent = %hello.agent_id, version = %hello.agent_version, "agent connected");
-    // Appends go on while earlier ones wait for the disk: the acker makes
-    // them durable and acknowledges them in order. One flush covers every
-    // append waiting when it starts: the acker takes all of them at once,
-    // and streams share flushes (group commit).
-    let (appended, mut to_ack) = mpsc::channel::<pb::Ack>(PIPELINE);
-    let acker = async {
-        let mut waiting = Vec::new();
-        while to_ack.recv_many(&mut waiting, PIPELINE).await > 0 {
-            ingestor
-                .durable()
-                .await
-                .map_err(|e| Status::unavailable(error_chain(&e)))?;
-            for ack in waiting.drain(..) {
-                let message = pb::CollectorMessage {
-                    kind: Some(pb::collector_message::Kind::Ack(ack)),
-                };
-                if acks.send(Ok(message)).await.is_err() {
-                    return Ok(()); // the agent hung up
-                }
-            }
-        }
-        Ok::<(), Status>(())
-    };
+    // Appends go on while earlier ones wait for the disk: the acker, a
+    // task of its own (so that a busy reader never holds an ack back),
+    // makes them durable and acknowledges them in order.
+    let (appended, to_ack) = mpsc::channel::<pb::Ack>(PIPELINE);
+    let acker = tokio::spawn(acknowledge(ingestor.clone(), to_ack, acks.clone()));
     let reader = async {
         let mut decoder = StreamDecoder::default();
         loop {
@@ -129,10 +111,37 @@ async fn serve(
         drop(appended);
         Ok::<(), Status>(())
     };
-    let (read, acked) = tokio::join!(reader, acker);
+    let read = reader.await;
+    let acked = acker.await.expect("acker panicked");
     read?;
     acked?;
     info!(host = %hello.host, agent = %hello.agent_id, "agent disconnected");
+    Ok(())
+}
+
+/// Acknowledges the appends of one stream, in order, once durable. One
+/// flush covers every append waiting when it starts: all of them are taken
+/// at once, and streams share flushes (group commit).
+async fn acknowledge(
+    ingestor: Arc<Ingestor>,
+    mut to_ack: mpsc::Receiver<pb::Ack>,
+    acks: mpsc::Sender<Result<pb::CollectorMessage, Status>>,
+) -> Result<(), Status> {
+    let mut waiting = Vec::new();
+    while to_ack.recv_many(&mut waiting, PIPELINE).await > 0 {
+        ingestor
+            .durable()
+            .await
+            .map_err(|e| Status::unavailable(error_chain(&e)))?;
+        for ack in waiting.drain(..) {
+            let message = pb::CollectorMessage {
+                kind: Some(pb::collector_message::Kind::Ack(ack)),
+            };
+            if acks.send(Ok(message)).await.is_err() {
+                return Ok(()); // the agent hung up
+            }
+        }
+    }
     Ok(())
 }
 
