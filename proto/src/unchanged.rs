@@ -216,19 +216,19 @@ pub struct Unchanged {
 }
 
 /// Receiver side: makes `changed` (a delta's rows sent in full) whole
-/// again with the `unchanged` rows, moved out of `previous` (the rows of
-/// the instance's previous snapshot on the stream, sorted by pid), and
-/// sorts them by pid. A pid `previous` does not hold, or holds twice, or
-/// that comes twice, or also in full, is refused. `unchanged` is sorted
-/// in place.
+/// again with the `unchanged` rows of `previous` (the rows of the
+/// instance's previous snapshot on the stream, sorted by pid), sorted by
+/// pid. A pid `previous` does not hold, or holds twice, or that comes
+/// twice, or also in full, is refused. `unchanged` is sorted in place.
 ///
-/// One merge of three sorted lists: rows are moved once, never sorted (a
-/// row is hundreds of bytes; the sender's rows come sorted, so sorting
-/// `changed` costs a check).
+/// The result is built in `previous`'s place: a row is hundreds of bytes,
+/// and most rows are unchanged, so those stay where they are; a changed
+/// row takes the place of its pid's previous one, the rows of gone pids
+/// are dropped and those of new pids inserted.
 pub fn restore<M>(
     changed: &mut Vec<M>,
     unchanged: &mut [i32],
-    previous: Vec<M>,
+    mut previous: Vec<M>,
     pid: fn(&M) -> i32,
     field: &'static str,
 ) -> Result<(), ProtocolError> {
@@ -249,30 +249,52 @@ pub fn restore<M>(
         field,
         reason: format!("pid {p} was not in the previous snapshot of the instance, or came twice"),
     };
-    let mut full = std::mem::take(changed).into_iter().peekable();
-    let mut previous = previous.into_iter().peekable();
-    let mut whole = Vec::with_capacity(full.len() + unchanged.len());
-    for &p in unchanged.iter() {
-        while previous.next_if(|r| pid(r) < p).is_some() {}
-        // A pid that came twice finds the row already taken.
-        let row = previous.next_if(|r| pid(r) == p).ok_or_else(|| missing(p))?;
-        if previous.peek().is_some_and(|r| pid(r) == p) {
+    for pair in previous.windows(2) {
+        let p = pid(&pair[0]);
+        if p == pid(&pair[1]) && unchanged.binary_search(&p).is_ok() {
             // The sender never refers to a pid that named two rows.
             return Err(missing(p));
         }
-        while let Some(r) = full.next_if(|r| pid(r) < p) {
-            whole.push(r);
-        }
-        if full.peek().is_some_and(|r| pid(r) == p) {
-            return Err(ProtocolError::Invalid {
-                field,
-                reason: format!("pid {p} came both in full and unchanged"),
-            });
-        }
-        whole.push(row);
     }
-    whole.extend(full);
-    *changed = whole;
+    let mut full = std::mem::take(changed).into_iter().peekable();
+    let mut wanted = unchanged.iter().copied().peekable();
+    let mut new = Vec::new();
+    let mut refused = None;
+    previous.retain_mut(|row| {
+        let p = pid(row);
+        while let Some(r) = full.next_if(|r| pid(r) < p) {
+            new.push(r);
+        }
+        if let Some(u) = wanted.next_if(|&u| u < p) {
+            refused.get_or_insert(missing(u));
+        }
+        let kept = wanted.next_if_eq(&p).is_some();
+        match full.next_if(|r| pid(r) == p) {
+            Some(_) if kept => {
+                refused.get_or_insert(ProtocolError::Invalid {
+                    field,
+                    reason: format!("pid {p} came both in full and unchanged"),
+                });
+                false
+            }
+            Some(r) => {
+                *row = r;
+                true
+            }
+            None => kept,
+        }
+    });
+    if let Some(u) = wanted.next() {
+        refused.get_or_insert(missing(u));
+    }
+    if let Some(refused) = refused {
+        return Err(refused);
+    }
+    for row in new.into_iter().chain(full) {
+        let at = previous.partition_point(|r| pid(r) <= pid(&row));
+        previous.insert(at, row);
+    }
+    *changed = previous;
     Ok(())
 }
 
@@ -407,7 +429,11 @@ mod tests {
         rx.decode(snapshot("main", first, vec![])).unwrap();
         let mut delta = snapshot(
             "main",
-            vec![session(40, "active"), session(5, "idle")],
+            vec![
+                session(40, "active"),
+                session(25, "active"),
+                session(5, "idle"),
+            ],
             vec![],
         );
         delta.unchanged_sessions = vec![30, 10];
@@ -417,10 +443,11 @@ mod tests {
             vec![
                 session(5, "idle"),
                 session(10, "idle"),
+                session(25, "active"),
                 session(30, "idle"),
                 session(40, "active")
             ],
-            "20 is gone"
+            "20 is gone, 5 and 25 are new"
         );
         assert_eq!(got.unchanged.sessions, vec![10, 30]);
     }
