@@ -25,7 +25,7 @@ use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
 
 use super::open_set::{Changes, OpenSet};
-use super::rollup::wait_key;
+use super::rollup::write_wait_key;
 use crate::store::{BlockerRecord, EpisodeKind, EpisodeRecord};
 
 /// The session kinds tracked here.
@@ -89,8 +89,12 @@ impl SessionEpisodes {
     /// Folds in the next sample (samples must come in time order).
     pub fn observe(&mut self, snapshot: &Snapshot) -> Changes {
         let now = snapshot.sampled_at;
-        let by_pid: HashMap<i32, &pb::Session> =
-            snapshot.sessions.iter().map(|s| (s.pid, s)).collect();
+        // Needed for lock waits and ended episodes only: built then.
+        let by_pid = std::cell::OnceCell::new();
+        let by_pid = || -> &HashMap<i32, &pb::Session> {
+            by_pid.get_or_init(|| snapshot.sessions.iter().map(|s| (s.pid, s)).collect())
+        };
+        let mut key_buf = String::new();
         for s in &snapshot.sessions {
             for kind in SESSION_KINDS {
                 let Some(ident) = condition(kind, s, now) else {
@@ -101,12 +105,18 @@ impl SessionEpisodes {
                 record.query_id = s.query_id.or(record.query_id);
                 let mut changed = false;
                 if matches!(kind, EpisodeKind::SlowQuery | EpisodeKind::LockWait) {
-                    let before = record.wait_events.len();
-                    *record.wait_events.entry(wait_key(s)).or_insert(0) += 1;
-                    changed |= record.wait_events.len() != before;
+                    key_buf.clear();
+                    write_wait_key(&mut key_buf, s);
+                    match record.wait_events.get_mut(key_buf.as_str()) {
+                        Some(n) => *n += 1,
+                        None => {
+                            record.wait_events.insert(key_buf.clone(), 1);
+                            changed = true;
+                        }
+                    }
                 }
                 if kind == EpisodeKind::LockWait {
-                    changed |= note_blockers(record, s, &by_pid, now);
+                    changed |= note_blockers(record, s, by_pid(), now);
                 }
                 if changed {
                     self.open.mark_changed(&key);
@@ -114,7 +124,7 @@ impl SessionEpisodes {
             }
         }
         self.open.close_unseen(now, floor, |kind, e, now| {
-            let session = by_pid
+            let session = by_pid()
                 .get(&e.pid)
                 .filter(|s| s.backend_start_us == e.backend_start_us);
             ended(kind, e, session.copied(), now)

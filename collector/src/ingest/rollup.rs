@@ -70,16 +70,27 @@ pub fn maxima_key(dimension: &str, value: &str) -> String {
 }
 
 /// The wait event of an active session: "type:event", or "CPU".
-pub fn wait_key(s: &pb::Session) -> String {
-    wait_key_of(s.wait_event_type.as_deref(), s.wait_event.as_deref())
+fn wait_key_of(kind: Option<&str>, event: Option<&str>) -> String {
+    let mut key = String::new();
+    push_wait_key(&mut key, kind, event);
+    key
 }
 
-/// [`wait_key`] of a wait event type and event.
-fn wait_key_of(kind: Option<&str>, event: Option<&str>) -> String {
+/// Appends the wait event of session `s` ([`wait_key_of`]) to `out` (no allocation once `out` is
+/// large enough).
+pub fn write_wait_key(out: &mut String, s: &pb::Session) {
+    push_wait_key(out, s.wait_event_type.as_deref(), s.wait_event.as_deref());
+}
+
+fn push_wait_key(out: &mut String, kind: Option<&str>, event: Option<&str>) {
     match (kind, event) {
-        (Some(t), Some(e)) => format!("{t}:{e}"),
-        (Some(t), None) => t.to_string(),
-        _ => "CPU".to_string(),
+        (Some(t), Some(e)) => {
+            out.push_str(t);
+            out.push(':');
+            out.push_str(e);
+        }
+        (Some(t), None) => out.push_str(t),
+        _ => out.push_str("CPU"),
     }
 }
 
@@ -325,7 +336,13 @@ pub fn fold_into_minute(minute: &mut Rollup, sample: &Rollup) {
 
 fn add_counts(a: &mut HashMap<String, u64>, b: &HashMap<String, u64>) {
     for (k, n) in b {
-        *a.entry(k.clone()).or_insert(0) += n;
+        // A key is owned again only when new to `a`.
+        match a.get_mut(k) {
+            Some(m) => *m += n,
+            None => {
+                a.insert(k.clone(), *n);
+            }
+        }
     }
 }
 

@@ -266,6 +266,9 @@ fn whole(
 struct Row {
     pid: i32,
     bytes: Range<usize>,
+    /// Copied from the base the sample is encoded against (so equal to
+    /// its row of that pid): nothing to compare.
+    copied: bool,
 }
 
 /// A sample's rows, each encoded once into one buffer.
@@ -386,7 +389,8 @@ fn changes(
         match (before.get(i), after.get(j)) {
             (Some(b), Some(a)) if b.pid == a.pid => {
                 let (old, new) = (base.row(b), now.row(a));
-                if old != new {
+                debug_assert!(!a.copied || old == new, "a copied row equals its base");
+                if !a.copied && old != new {
                     scratch.clear();
                     let patched = patch::write(a.pid, old, new, tags.literal, &mut scratch).is_ok();
                     if patched && scratch.len() < new.len() {
@@ -429,6 +433,7 @@ fn encode_row(pid: i32, row: &impl Message, bytes: &mut Vec<u8>) -> Row {
     Row {
         pid,
         bytes: start..bytes.len(),
+        copied: false,
     }
 }
 
@@ -462,6 +467,7 @@ fn copy_row(pid: i32, row: &[u8], bytes: &mut Vec<u8>) -> Row {
     Row {
         pid,
         bytes: start..bytes.len(),
+        copied: true,
     }
 }
 
@@ -773,7 +779,11 @@ mod tests {
         let fresh = Encoded::of(&a.sessions, &a.processes, None);
         let reused = Encoded::of(&a.sessions, &a.processes, Some((&base, &all)));
         assert_eq!(reused.bytes, fresh.bytes);
-        assert_eq!(reused.sessions, fresh.sessions);
+        let places =
+            |rows: &[Row]| -> Vec<_> { rows.iter().map(|r| (r.pid, r.bytes.clone())).collect() };
+        assert_eq!(places(&reused.sessions), places(&fresh.sessions));
+        assert!(reused.sessions.iter().all(|r| r.copied));
+        assert!(!fresh.sessions.iter().any(|r| r.copied));
 
         // The hint is trusted: the row of a pid named unchanged is the
         // base's; others, and pids the base lacks, are encoded.
