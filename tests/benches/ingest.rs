@@ -28,7 +28,7 @@
 //! storing nothing. Its CPU per snapshot is the least the gRPC path costs
 //! on this machine.
 //!
-//! Flags: `--quick`, `--streams 1,4,16`, `--snapshots 2000` (in total per
+//! Flags: `--quick`, `--streams 1,4,8,16`, `--snapshots 8000` (in total per
 //! N), `--sessions 200`.
 
 mod common;
@@ -67,9 +67,9 @@ fn main() -> anyhow::Result<()> {
     let streams: Vec<usize> = if args.quick {
         args.list("streams", &[1, 4])
     } else {
-        args.list("streams", &[1, 4, 16])
+        args.list("streams", &[1, 4, 8, 16])
     };
-    let total: usize = args.get("snapshots", if args.quick { 400 } else { 2000 });
+    let total: usize = args.get("snapshots", if args.quick { 400 } else { 8000 });
     let sessions: usize = args.get("sessions", 200);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
