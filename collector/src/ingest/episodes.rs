@@ -90,9 +90,9 @@ impl SessionEpisodes {
     pub fn observe(&mut self, snapshot: &Snapshot) -> Changes {
         let now = snapshot.sampled_at;
         // Needed for lock waits and ended episodes only: built then.
-        let by_pid = std::cell::OnceCell::new();
+        let sessions = std::cell::OnceCell::new();
         let by_pid = || -> &HashMap<i32, &pb::Session> {
-            by_pid.get_or_init(|| snapshot.sessions.iter().map(|s| (s.pid, s)).collect())
+            sessions.get_or_init(|| snapshot.sessions.iter().map(|s| (s.pid, s)).collect())
         };
         let mut key_buf = String::new();
         for s in &snapshot.sessions {

@@ -76,8 +76,8 @@ fn wait_key_of(kind: Option<&str>, event: Option<&str>) -> String {
     key
 }
 
-/// Appends the wait event of session `s` ([`wait_key_of`]) to `out` (no allocation once `out` is
-/// large enough).
+/// Appends the wait event of session `s` ("type:event", or "CPU") to
+/// `out`: no allocation once `out` is large enough.
 pub fn write_wait_key(out: &mut String, s: &pb::Session) {
     push_wait_key(out, s.wait_event_type.as_deref(), s.wait_event.as_deref());
 }
