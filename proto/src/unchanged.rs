@@ -225,7 +225,7 @@ pub struct Unchanged {
 /// and most rows are unchanged, so those stay where they are; a changed
 /// row takes the place of its pid's previous one, the rows of gone pids
 /// are dropped and those of new pids inserted.
-pub fn restore<M>(
+pub fn restore<M: Default>(
     changed: &mut Vec<M>,
     unchanged: &mut [i32],
     mut previous: Vec<M>,
@@ -239,7 +239,7 @@ pub fn restore<M>(
         });
     }
     if !changed.is_sorted_by_key(pid) {
-        changed.sort_by_key(pid);
+        sort_rows(changed, pid);
     }
     if unchanged.is_empty() {
         return Ok(());
@@ -256,33 +256,36 @@ pub fn restore<M>(
             return Err(missing(p));
         }
     }
-    let mut full = std::mem::take(changed).into_iter().peekable();
+    // Rows are taken out of `full` by index: a peekable iterator would
+    // move a row back and forth at each look.
+    let mut full = std::mem::take(changed);
+    let mut next = 0;
     let mut wanted = unchanged.iter().copied().peekable();
     let mut new = Vec::new();
     let mut refused = None;
     previous.retain_mut(|row| {
         let p = pid(row);
-        while let Some(r) = full.next_if(|r| pid(r) < p) {
-            new.push(r);
+        while full.get(next).is_some_and(|r| pid(r) < p) {
+            new.push(std::mem::take(&mut full[next]));
+            next += 1;
         }
         if let Some(u) = wanted.next_if(|&u| u < p) {
             refused.get_or_insert(missing(u));
         }
         let kept = wanted.next_if_eq(&p).is_some();
-        match full.next_if(|r| pid(r) == p) {
-            Some(_) if kept => {
-                refused.get_or_insert(ProtocolError::Invalid {
-                    field,
-                    reason: format!("pid {p} came both in full and unchanged"),
-                });
-                false
-            }
-            Some(r) => {
-                *row = r;
-                true
-            }
-            None => kept,
+        if full.get(next).is_none_or(|r| pid(r) != p) {
+            return kept;
         }
+        next += 1;
+        if kept {
+            refused.get_or_insert(ProtocolError::Invalid {
+                field,
+                reason: format!("pid {p} came both in full and unchanged"),
+            });
+            return false;
+        }
+        *row = std::mem::take(&mut full[next - 1]);
+        true
     });
     if let Some(u) = wanted.next() {
         refused.get_or_insert(missing(u));
@@ -290,12 +293,41 @@ pub fn restore<M>(
     if let Some(refused) = refused {
         return Err(refused);
     }
-    for row in new.into_iter().chain(full) {
-        let at = previous.partition_point(|r| pid(r) <= pid(&row));
-        previous.insert(at, row);
-    }
+    new.extend(full.drain(next..));
+    insert_sorted(&mut previous, new, pid);
     *changed = previous;
     Ok(())
+}
+
+/// Sorts `rows` by pid (stable), moving each row once: sorting the rows
+/// themselves would move each several times.
+fn sort_rows<M: Default>(rows: &mut Vec<M>, pid: fn(&M) -> i32) {
+    let mut order: Vec<usize> = (0..rows.len()).collect();
+    order.sort_by_key(|&i| pid(&rows[i]));
+    let sorted = order
+        .iter()
+        .map(|&i| std::mem::take(&mut rows[i]))
+        .collect();
+    *rows = sorted;
+}
+
+/// Merges `new` (sorted by pid) into `rows` (sorted by pid, no pid of
+/// `new`), filling from the back: a row moves at most once, and only rows
+/// after the first new one move at all.
+fn insert_sorted<M: Default>(rows: &mut Vec<M>, new: Vec<M>, pid: fn(&M) -> i32) {
+    let mut from = rows.len();
+    rows.resize_with(rows.len() + new.len(), M::default);
+    let mut to = rows.len();
+    for row in new.into_iter().rev() {
+        let p = pid(&row);
+        while from > 0 && pid(&rows[from - 1]) > p {
+            from -= 1;
+            to -= 1;
+            rows.swap(from, to);
+        }
+        to -= 1;
+        rows[to] = row;
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +452,41 @@ mod tests {
         let (got, s, _) = send(&mut tx, &mut rx, &b);
         assert_eq!(s, vec![20]);
         assert_eq!(got, b);
+    }
+
+    #[test]
+    fn rows_are_sorted_and_merged_by_pid_keeping_the_order_of_equal_pids() {
+        let rows = |pids: &[(i32, u64)]| -> Vec<pb::Process> {
+            pids.iter().map(|&(pid, cpu)| process(pid, cpu)).collect()
+        };
+        let pairs = |rows: &[pb::Process]| -> Vec<(i32, u64)> {
+            rows.iter()
+                .map(|p| (p.pid, p.utime_us.unwrap_or_default()))
+                .collect()
+        };
+        let mut unsorted = rows(&[(9, 0), (3, 1), (7, 2), (3, 3), (1, 4)]);
+        sort_rows(&mut unsorted, |p| p.pid);
+        assert_eq!(pairs(&unsorted), [(1, 4), (3, 1), (3, 3), (7, 2), (9, 0)]);
+        let mut held = rows(&[(2, 0), (4, 0), (4, 1), (8, 0)]);
+        let new = rows(&[(1, 9), (4, 9), (5, 9), (9, 9), (10, 9)]);
+        insert_sorted(&mut held, new, |p| p.pid);
+        assert_eq!(
+            pairs(&held),
+            [
+                (1, 9),
+                (2, 0),
+                (4, 0),
+                (4, 1),
+                (4, 9),
+                (5, 9),
+                (8, 0),
+                (9, 9),
+                (10, 9)
+            ]
+        );
+        let mut empty = Vec::new();
+        insert_sorted(&mut empty, rows(&[(1, 0)]), |p| p.pid);
+        assert_eq!(pairs(&empty), [(1, 0)]);
     }
 
     #[test]

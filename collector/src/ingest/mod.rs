@@ -234,8 +234,9 @@ impl Ingestor {
             None => context.clone(),
         };
         for (t, sample) in samples {
-            let (r, next) = rollup::stored_sample_rollup(t, sample, &context);
-            rollup::fold_into_minute(&mut minute, &r);
+            let snapshot = rollup::stored_snapshot(t, sample);
+            let (sample, next) = rollup::sample(&snapshot, &context);
+            rollup::fold_into_minute(&mut minute, &sample);
             context = next;
         }
         let mut rebuilt = Rollup::default();
@@ -278,8 +279,8 @@ impl Ingestor {
             state.context.user_limit = user_limit(f);
         }
         let in_order = t > state.last_at;
-        let (sample_rollup, next_context) = if in_order {
-            rollup::sample_rollup(snapshot, &state.context)
+        let (sample, next_context) = if in_order {
+            rollup::sample(snapshot, &state.context)
         } else {
             // A late sample (an agent's spool replaying behind newer ones)
             // is stored and rolled up on its own, but not tracked.
@@ -287,11 +288,10 @@ impl Ingestor {
                 user_limit: state.context.user_limit,
                 ..Default::default()
             };
-            rollup::sample_rollup(snapshot, &alone)
+            rollup::sample(snapshot, &alone)
         };
         let cache = std::mem::take(&mut state.rollups);
-        let (rollups, open_rollups) =
-            self.fold_rollups(state.id, cache, t, &sample_rollup, in_order)?;
+        let (rollups, open_rollups) = self.fold_rollups(state.id, cache, t, &sample, in_order)?;
         let mut changes = Changes::default();
         if in_order {
             changes.extend(state.sessions.observe(snapshot));
@@ -376,7 +376,7 @@ impl Ingestor {
         id: InstanceId,
         mut cache: Shared,
         t: Micros,
-        sample: &Rollup,
+        sample: &rollup::Sample<'_>,
         in_order: bool,
     ) -> Result<(Rollups, Shared), StoreError> {
         let minute_start = Resolution::Minute.start_of(t);
@@ -477,14 +477,14 @@ fn shared(rollups: Rollups) -> Shared {
         .collect()
 }
 
-/// Folds a sample's rollup into its minute's and its hour's.
-fn fold(minute: &mut Rollup, hour: &mut Rollup, sample: &Rollup) {
+/// Folds a sample into its minute's rollup and its hour's.
+fn fold(minute: &mut Rollup, hour: &mut Rollup, sample: &rollup::Sample<'_>) {
     rollup::fold_into_minute(minute, sample);
     if hour.samples == 0 {
         // A new hour: its list of longest episodes starts complete.
         hour.longest_tracked = true;
     }
-    rollup::merge(hour, sample);
+    sample.fold_into(hour);
     hour.max_started_per_minute = hour
         .max_started_per_minute
         .max(minute.max_started_per_minute);

@@ -9,8 +9,9 @@
 //! can be assembled from hour, minute and raw-sample pieces alike.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 
-use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet};
+use foldhash::{HashMap as FastMap, HashMapExt};
 
 use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
@@ -39,8 +40,8 @@ pub const DIMENSIONS: [&str; 5] = ["state", "user", "database", "application", "
 pub struct Context {
     /// When it was taken.
     pub at: Option<Micros>,
-    /// Its client sessions: (pid, backend_start) → backend_start.
-    pub sessions: FastSet<(i32, Option<Micros>)>,
+    /// Its client sessions, (pid, backend_start), sorted.
+    pub sessions: Vec<(i32, Option<Micros>)>,
     /// Its sessions counter (PG 14+).
     pub sessions_total: Option<u64>,
     /// max_connections − superuser_reserved_connections in force.
@@ -66,14 +67,15 @@ fn dimension_str<'a>(dimension: &str, s: &'a pb::Session) -> &'a str {
 
 /// The key of a (dimension, value) maximum.
 pub fn maxima_key(dimension: &str, value: &str) -> String {
-    format!("{dimension}\t{value}")
+    let mut key = String::new();
+    push_maxima_key(&mut key, dimension, value);
+    key
 }
 
-/// The wait event of an active session: "type:event", or "CPU".
-fn wait_key_of(kind: Option<&str>, event: Option<&str>) -> String {
-    let mut key = String::new();
-    push_wait_key(&mut key, kind, event);
-    key
+fn push_maxima_key(out: &mut String, dimension: &str, value: &str) {
+    out.push_str(dimension);
+    out.push('\t');
+    out.push_str(value);
 }
 
 /// Appends the wait event of session `s` ("type:event", or "CPU") to
@@ -97,80 +99,107 @@ fn push_wait_key(out: &mut String, kind: Option<&str>, event: Option<&str>) {
 /// An active session's wait event type, wait event and query.
 type ActiveIn<'a> = (Option<&'a str>, Option<&'a str>, Option<u64>);
 
-/// The rollup of one sample, and the context it leaves for the next.
-pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
+/// What one sample adds to a rollup, its values still borrowed from the
+/// snapshot: folding it in ([`Sample::fold_into`]) owns a key only when
+/// the rollup has not seen it, so a minute's rollup takes a sample without
+/// building a rollup of it first.
+#[derive(Debug)]
+pub struct Sample<'a> {
+    at: Micros,
+    /// Client sessions.
+    total: u32,
+    /// Client sessions by (dimension, value).
+    counts: FastMap<(usize, &'a str), u32>,
+    covered_us: Micros,
+    above_80_us: Micros,
+    above_95_us: Micros,
+    sessions_seen: u64,
+    sessions_started: Option<u64>,
+    lifetimes: [u64; LIFETIME_BOUNDS.len() + 1],
+    /// Active sessions by wait event and query.
+    waits: FastMap<ActiveIn<'a>, u64>,
+    rss_total: u64,
+    pss_total: Option<u64>,
+    autovacuum_workers: u32,
+}
+
+/// What `snapshot` adds to a rollup (with what the previous sample of its
+/// instance left in `ctx`), and the context it leaves for the next.
+pub fn sample<'a>(snapshot: &'a Snapshot, ctx: &Context) -> (Sample<'a>, Context) {
     let t = snapshot.sampled_at;
-    let clients: Vec<&pb::Session> = snapshot
-        .sessions
-        .iter()
-        .filter(|s| s.backend_type == CLIENT_BACKEND)
-        .collect();
-    let total = clients.len() as u32;
-    let mut r = Rollup {
-        samples: 1,
-        max_total: total,
-        max_at_us: t,
-        lifetimes: vec![0; LIFETIME_BOUNDS.len() + 1],
-        ..Default::default()
+    let clients = || {
+        snapshot
+            .sessions
+            .iter()
+            .filter(|s| s.backend_type == CLIENT_BACKEND)
     };
-    // Count by borrowed values; own a key once per distinct value.
+    // Count by borrowed values: a key is owned only by a rollup new to it.
     let mut counts: FastMap<(usize, &str), u32> = FastMap::with_capacity(64);
-    for s in &clients {
+    let mut now: Vec<(i32, Option<Micros>)> = Vec::with_capacity(snapshot.sessions.len());
+    for s in clients() {
         for (d, dimension) in DIMENSIONS.iter().enumerate() {
             *counts.entry((d, dimension_str(dimension, s))).or_insert(0) += 1;
         }
+        now.push((s.pid, s.backend_start_us));
     }
-    for ((d, value), n) in counts {
-        if DIMENSIONS[d] == "state" {
-            r.by_state_at_max.insert(value.to_string(), n);
-        }
-        let max = Max {
-            value: u64::from(n),
-            at_us: t,
-        };
-        r.maxima.insert(maxima_key(DIMENSIONS[d], value), max);
+    let total = now.len() as u32;
+    if !now.is_sorted() {
+        now.sort_unstable();
     }
+    now.dedup();
+    let mut sample = Sample {
+        at: t,
+        total,
+        counts,
+        covered_us: 0,
+        above_80_us: 0,
+        above_95_us: 0,
+        sessions_seen: 0,
+        sessions_started: None,
+        lifetimes: [0; LIFETIME_BOUNDS.len() + 1],
+        waits: FastMap::new(),
+        rss_total: 0,
+        pss_total: None,
+        autovacuum_workers: 0,
+    };
 
     // Time covered, and time near the connection limit.
     let gap = ctx.at.map(|p| t - p).filter(|g| (1..=MAX_GAP).contains(g));
     if let Some(gap) = gap {
-        r.covered_us = gap;
+        sample.covered_us = gap;
         if let Some(limit) = ctx.user_limit.filter(|&l| l > 0) {
             let used = f64::from(total) / f64::from(limit);
             if used > 0.80 {
-                r.above_80_us = gap;
+                sample.above_80_us = gap;
             }
             if used > 0.95 {
-                r.above_95_us = gap;
+                sample.above_95_us = gap;
             }
         }
     }
 
     // Churn: sessions that appeared and ended since the previous sample.
-    let now: FastSet<(i32, Option<Micros>)> = clients
-        .iter()
-        .map(|s| (s.pid, s.backend_start_us))
-        .collect();
     if let Some(prev_at) = ctx.at {
-        r.sessions_seen = now.difference(&ctx.sessions).count() as u64;
-        for (_, start) in ctx.sessions.difference(&now) {
-            if let Some(start) = start {
-                let lived = prev_at - start;
-                let bucket = LIFETIME_BOUNDS
-                    .iter()
-                    .position(|&b| lived < b)
-                    .unwrap_or(LIFETIME_BOUNDS.len());
-                r.lifetimes[bucket] += 1;
+        for change in sorted_difference(&ctx.sessions, &now) {
+            match change {
+                Churn::Appeared => sample.sessions_seen += 1,
+                Churn::Ended(Some(start)) => {
+                    let lived = prev_at - start;
+                    let bucket = LIFETIME_BOUNDS
+                        .iter()
+                        .position(|&b| lived < b)
+                        .unwrap_or(LIFETIME_BOUNDS.len());
+                    sample.lifetimes[bucket] += 1;
+                }
+                Churn::Ended(None) => {}
             }
         }
         if let (Some(before), Some(after)) = (ctx.sessions_total, snapshot.sessions_total) {
-            r.sessions_started = Some(after.saturating_sub(before));
+            sample.sessions_started = Some(after.saturating_sub(before));
         }
     }
-    r.max_started_per_minute = started(&r);
 
     // Wait events of active sessions (the agent's own left out).
-    let mut waits: FastMap<ActiveIn<'_>, u64> = FastMap::new();
     for s in &snapshot.sessions {
         if s.state.as_deref() != Some("active")
             || s.application_name.as_deref() == Some(AGENT_APPLICATION)
@@ -178,40 +207,22 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
             continue;
         }
         let event = (s.wait_event_type.as_deref(), s.wait_event.as_deref());
-        *waits.entry((event.0, event.1, s.query_id)).or_insert(0) += 1;
-    }
-    for ((kind, event, query), n) in waits {
-        let key = wait_key_of(kind, event);
-        if let Some(q) = query {
-            *r.wait_queries
-                .entry(format!("{key}\t{q:016x}"))
-                .or_insert(0) += n;
-        }
-        *r.waits.entry(key).or_insert(0) += n;
+        *sample
+            .waits
+            .entry((event.0, event.1, s.query_id))
+            .or_insert(0) += 1;
     }
 
     // Memory and autovacuum.
-    let rss: u64 = snapshot.processes.iter().filter_map(|p| p.rss_bytes).sum();
-    r.rss_total = Some(Max {
-        value: rss,
-        at_us: t,
-    });
-    let pss: Vec<u64> = snapshot
-        .processes
-        .iter()
-        .filter_map(|p| p.pss_bytes)
-        .collect();
-    if !pss.is_empty() {
-        r.pss_total = Some(Max {
-            value: pss.iter().sum(),
-            at_us: t,
-        });
+    for p in &snapshot.processes {
+        sample.rss_total += p.rss_bytes.unwrap_or(0);
+        if let Some(pss) = p.pss_bytes {
+            *sample.pss_total.get_or_insert(0) += pss;
+        }
+        if p.kind == pb::ProcessKind::AutovacuumWorker as i32 {
+            sample.autovacuum_workers += 1;
+        }
     }
-    r.autovacuum_workers = snapshot
-        .processes
-        .iter()
-        .filter(|p| p.kind == pb::ProcessKind::AutovacuumWorker as i32)
-        .count() as u32;
 
     let next = Context {
         at: Some(t),
@@ -219,7 +230,125 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
         sessions_total: snapshot.sessions_total,
         user_limit: ctx.user_limit,
     };
-    (r, next)
+    (sample, next)
+}
+
+/// A session that appeared, or ended (with its backend_start).
+enum Churn {
+    Appeared,
+    Ended(Option<Micros>),
+}
+
+/// The sessions of `after` not in `before` and those of `before` not in
+/// `after`, both sorted.
+fn sorted_difference<'a>(
+    before: &'a [(i32, Option<Micros>)],
+    after: &'a [(i32, Option<Micros>)],
+) -> impl Iterator<Item = Churn> + 'a {
+    let (mut i, mut j) = (0, 0);
+    std::iter::from_fn(move || loop {
+        match (before.get(i), after.get(j)) {
+            (Some(b), Some(a)) if b == a => {
+                i += 1;
+                j += 1;
+            }
+            (Some(b), Some(a)) if b < a => {
+                i += 1;
+                return Some(Churn::Ended(b.1));
+            }
+            (Some(b), None) => {
+                i += 1;
+                return Some(Churn::Ended(b.1));
+            }
+            (_, Some(_)) => {
+                j += 1;
+                return Some(Churn::Appeared);
+            }
+            (None, None) => return None,
+        }
+    })
+}
+
+impl Sample<'_> {
+    /// Folds this sample into `r`, as [`merge`] would fold its rollup.
+    pub fn fold_into(&self, r: &mut Rollup) {
+        let t = self.at;
+        if r.samples == 0
+            || self.total > r.max_total
+            || (self.total == r.max_total && t < r.max_at_us)
+        {
+            r.max_total = self.total;
+            r.max_at_us = t;
+            r.by_state_at_max.clear();
+            for (&(d, value), &n) in &self.counts {
+                if DIMENSIONS[d] == "state" {
+                    r.by_state_at_max.insert(value.to_string(), n);
+                }
+            }
+        }
+        r.samples += 1;
+        let mut key = String::with_capacity(64);
+        for (&(d, value), &n) in &self.counts {
+            let max = Max {
+                value: u64::from(n),
+                at_us: t,
+            };
+            key.clear();
+            push_maxima_key(&mut key, DIMENSIONS[d], value);
+            match r.maxima.get_mut(key.as_str()) {
+                Some(x) if better(x, &max) => {}
+                Some(x) => *x = max,
+                None => {
+                    r.maxima.insert(key.clone(), max);
+                }
+            }
+        }
+        r.covered_us += self.covered_us;
+        r.above_80_us += self.above_80_us;
+        r.above_95_us += self.above_95_us;
+        r.sessions_seen += self.sessions_seen;
+        r.sessions_started = match (r.sessions_started, self.sessions_started) {
+            (Some(x), Some(y)) => Some(x + y),
+            (x, y) => x.or(y),
+        };
+        let started = self.sessions_started.unwrap_or(self.sessions_seen);
+        r.max_started_per_minute = r.max_started_per_minute.max(started);
+        if r.lifetimes.len() < self.lifetimes.len() {
+            r.lifetimes.resize(self.lifetimes.len(), 0);
+        }
+        for (i, n) in self.lifetimes.iter().enumerate() {
+            r.lifetimes[i] += n;
+        }
+        for (&(kind, event, query), &n) in &self.waits {
+            key.clear();
+            push_wait_key(&mut key, kind, event);
+            if let Some(q) = query {
+                let len = key.len();
+                // Writing to a String does not fail.
+                let _ = write!(key, "\t{q:016x}");
+                add_count(&mut r.wait_queries, &key, n);
+                key.truncate(len);
+            }
+            add_count(&mut r.waits, &key, n);
+        }
+        let at = |value| Some(Max { value, at_us: t });
+        merge_max(&mut r.rss_total, &at(self.rss_total));
+        merge_max(&mut r.pss_total, &self.pss_total.and_then(at));
+        r.autovacuum_workers = r.autovacuum_workers.max(self.autovacuum_workers);
+    }
+
+    /// This sample's rollup on its own.
+    pub fn rollup(&self) -> Rollup {
+        let mut r = Rollup::default();
+        self.fold_into(&mut r);
+        r
+    }
+}
+
+/// The rollup of one sample, and the context it leaves for the next.
+pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
+    let (sample, next) = sample(snapshot, ctx);
+    (sample.rollup(), next)
 }
 
 /// Sessions started in a rollup: the server's count when it has one, else
@@ -315,33 +444,42 @@ fn fold_peak(
     }
 }
 
-/// [`sample_rollup`] of a stored sample (with all its rows) taken at `t`.
-pub fn stored_sample_rollup(t: Micros, sample: StoredSample, ctx: &Context) -> (Rollup, Context) {
-    let snapshot = Snapshot {
+/// A stored sample (with all its rows) taken at `t` as the snapshot
+/// [`sample`] reads.
+pub fn stored_snapshot(t: Micros, sample: StoredSample) -> Snapshot {
+    Snapshot {
         sampled_at: t,
         sessions: sample.sessions,
         processes: sample.processes,
         sessions_total: sample.sessions_total,
         ..Default::default()
-    };
-    sample_rollup(&snapshot, ctx)
+    }
 }
 
-/// Folds a sample's rollup into its minute's: as [`merge`], and the
-/// minute's sessions-started count is its own total.
-pub fn fold_into_minute(minute: &mut Rollup, sample: &Rollup) {
-    merge(minute, sample);
+/// [`sample_rollup`] of a stored sample (with all its rows) taken at `t`.
+pub fn stored_sample_rollup(t: Micros, sample: StoredSample, ctx: &Context) -> (Rollup, Context) {
+    sample_rollup(&stored_snapshot(t, sample), ctx)
+}
+
+/// Folds a sample into its minute's rollup: as [`Sample::fold_into`], and
+/// the minute's sessions-started count is its own total.
+pub fn fold_into_minute(minute: &mut Rollup, sample: &Sample<'_>) {
+    sample.fold_into(minute);
     minute.max_started_per_minute = started(minute);
 }
 
 fn add_counts(a: &mut HashMap<String, u64>, b: &HashMap<String, u64>) {
     for (k, n) in b {
-        // A key is owned again only when new to `a`.
-        match a.get_mut(k) {
-            Some(m) => *m += n,
-            None => {
-                a.insert(k.clone(), *n);
-            }
+        add_count(a, k, *n);
+    }
+}
+
+/// Adds `n` to `key`'s count, owning the key only when new to `counts`.
+fn add_count(counts: &mut HashMap<String, u64>, key: &str, n: u64) {
+    match counts.get_mut(key) {
+        Some(m) => *m += n,
+        None => {
+            counts.insert(key.to_string(), n);
         }
     }
 }
@@ -445,6 +583,40 @@ mod tests {
             }
         );
         assert_eq!(ab.waits["CPU"], 2);
+    }
+
+    #[test]
+    fn folding_samples_equals_merging_their_rollups() {
+        let mut waiting = session(4, "active", "y");
+        waiting.wait_event_type = Some("Lock".into());
+        waiting.wait_event = Some("tuple".into());
+        waiting.query_id = Some(9);
+        let mut gone = session(1, "idle", "x");
+        gone.backend_start_us = Some(2 * SECOND);
+        let snaps = [
+            snap(3 * SECOND, vec![gone, session(2, "active", "y")]),
+            snap(4 * SECOND, vec![session(2, "idle", "y"), waiting.clone()]),
+            snap(5 * SECOND, vec![session(3, "active", "z"), waiting]),
+        ];
+        let (mut folded, mut merged) = (Rollup::default(), Rollup::default());
+        let mut ctx = Context::default();
+        for s in &snaps {
+            let (sample, next) = sample(s, &ctx);
+            sample.fold_into(&mut folded);
+            merge(&mut merged, &sample.rollup());
+            ctx = next;
+        }
+        assert_eq!(folded, merged);
+        assert_eq!(folded.samples, 3);
+        assert_eq!(folded.sessions_seen, 2, "pids 4 and 3 appeared");
+        assert_eq!(
+            folded.lifetimes,
+            vec![0, 2, 0, 0, 0],
+            "pids 1 and 2 lived 1 to 10 s"
+        );
+        assert_eq!(folded.waits["Lock:tuple"], 2);
+        assert_eq!(folded.wait_queries[&format!("Lock:tuple\t{:016x}", 9)], 2);
+        assert_eq!(folded.maxima[&maxima_key("application", "y")].value, 2);
     }
 
     #[test]
