@@ -163,6 +163,14 @@ impl Ingestor {
             *guard = Some(self.load(host, &snapshot.instance)?);
         }
         let state = guard.as_mut().expect("loaded above");
+        if seals(state, snapshot.sampled_at) {
+            // Sealing the minute before syncs files: milliseconds that
+            // would hold up every other stream on this worker.
+            let (store, id, t) = (self.store.clone(), state.id, snapshot.sampled_at);
+            tokio::task::spawn_blocking(move || store.seal_before(id, t))
+                .await
+                .expect("seal task panicked")?;
+        }
         let result = self.append_locked(state, snapshot, unchanged);
         if result.is_err() {
             // The tracker may be ahead of the store: reload it next time.
@@ -461,6 +469,13 @@ impl Ingestor {
         }
         Ok(())
     }
+}
+
+/// Whether storing a sample at `t` starts a new minute of the instance,
+/// which seals the one before.
+fn seals(state: &InstanceState, t: Micros) -> bool {
+    state.last_at != Micros::MIN
+        && Resolution::Minute.start_of(t) > Resolution::Minute.start_of(state.last_at)
 }
 
 /// Rollups by resolution and start.

@@ -252,6 +252,11 @@ pub trait Store: Send + Sync + 'static {
     /// stored: nothing is written, but for a late sample's episode
     /// changes, written again as they were.
     fn append(&self, append: &Append) -> Result<bool, StoreError>;
+    /// Seals `instance`'s minute when a sample at `t` would start a new
+    /// one: the part of [`Store::append`] that waits for the disk (sled's
+    /// flush, the tail's new file), for a caller to run where blocking is
+    /// fine. An append that comes without it seals by itself.
+    fn seal_before(&self, instance: InstanceId, t: Micros) -> Result<(), StoreError>;
     /// Whether a sample of `instance` at `t` is stored.
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError>;
     /// Makes everything appended so far durable (blocks on the disk: call

@@ -424,6 +424,34 @@ mod tests {
     }
 
     #[test]
+    fn a_minute_sealed_ahead_of_the_next_sample_is_stored_once() {
+        let (_dir, store) = temp_store();
+        let instance = store.instance_id("db", "5432").unwrap();
+        tick(&store, 0.0);
+        tick(&store, 1.0);
+        store.seal_before(instance, at(30.0)).unwrap();
+        assert!(
+            store.sample_blocks.is_empty(),
+            "the same minute: nothing sealed"
+        );
+        store.seal_before(instance, at(60.0)).unwrap();
+        assert_eq!(
+            store.sample_blocks.len(),
+            1,
+            "sealed before the sample came"
+        );
+        tick(&store, 60.0);
+        assert_eq!(store.sample_blocks.len(), 1, "the append found it sealed");
+        let times: Vec<Micros> = store
+            .samples(instance, Micros::MIN, Micros::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect();
+        assert_eq!(times, [at(0.0), at(1.0), at(60.0)]);
+    }
+
+    #[test]
     fn a_crash_between_the_seal_and_the_new_log_loses_and_repeats_nothing() {
         let (dir, store) = temp_store();
         let instance = store.instance_id("db", "5432").unwrap();

@@ -669,6 +669,19 @@ impl Store for SledStore {
         Ok(stored)
     }
 
+    fn seal_before(&self, instance: InstanceId, t: Micros) -> Result<(), StoreError> {
+        let tail = self.tail(instance)?;
+        let mut tail = tail.lock().expect("not poisoned");
+        if tail.is_stale() {
+            self.restart_tail(instance, &mut tail)?;
+        }
+        let minute = Resolution::Minute.start_of(t);
+        if tail.minute.is_some_and(|m| minute > m) {
+            self.seal(instance, &mut tail)?;
+        }
+        Ok(())
+    }
+
     fn has_sample(&self, instance: InstanceId, t: Micros) -> Result<bool, StoreError> {
         Ok(self.stored_at(instance, t)?.is_some())
     }
