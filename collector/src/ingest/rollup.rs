@@ -307,18 +307,10 @@ impl Sample<'_> {
         r.above_80_us += self.above_80_us;
         r.above_95_us += self.above_95_us;
         r.sessions_seen += self.sessions_seen;
-        r.sessions_started = match (r.sessions_started, self.sessions_started) {
-            (Some(x), Some(y)) => Some(x + y),
-            (x, y) => x.or(y),
-        };
+        r.sessions_started = add_started(r.sessions_started, self.sessions_started);
         let started = self.sessions_started.unwrap_or(self.sessions_seen);
         r.max_started_per_minute = r.max_started_per_minute.max(started);
-        if r.lifetimes.len() < self.lifetimes.len() {
-            r.lifetimes.resize(self.lifetimes.len(), 0);
-        }
-        for (i, n) in self.lifetimes.iter().enumerate() {
-            r.lifetimes[i] += n;
-        }
+        add_lifetimes(&mut r.lifetimes, &self.lifetimes);
         for (&(kind, event, query), &n) in &self.waits {
             key.clear();
             push_wait_key(&mut key, kind, event);
@@ -355,6 +347,25 @@ pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
 /// those seen.
 pub fn started(r: &Rollup) -> u64 {
     r.sessions_started.unwrap_or(r.sessions_seen)
+}
+
+/// Sessions started in two stretches: the server's counts add up; where
+/// one has none, the other's stands.
+fn add_started(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x + y),
+        (x, y) => x.or(y),
+    }
+}
+
+/// Adds lifetime bucket counts `b` to `a`.
+fn add_lifetimes(a: &mut Vec<u64>, b: &[u64]) {
+    if a.len() < b.len() {
+        a.resize(b.len(), 0);
+    }
+    for (x, n) in a.iter_mut().zip(b) {
+        *x += n;
+    }
 }
 
 fn merge_max(a: &mut Option<Max>, b: &Option<Max>) {
@@ -398,17 +409,9 @@ pub fn merge(a: &mut Rollup, b: &Rollup) {
     a.above_80_us += b.above_80_us;
     a.above_95_us += b.above_95_us;
     a.sessions_seen += b.sessions_seen;
-    a.sessions_started = match (a.sessions_started, b.sessions_started) {
-        (Some(x), Some(y)) => Some(x + y),
-        (x, y) => x.or(y),
-    };
+    a.sessions_started = add_started(a.sessions_started, b.sessions_started);
     a.max_started_per_minute = a.max_started_per_minute.max(b.max_started_per_minute);
-    if a.lifetimes.len() < b.lifetimes.len() {
-        a.lifetimes.resize(b.lifetimes.len(), 0);
-    }
-    for (i, n) in b.lifetimes.iter().enumerate() {
-        a.lifetimes[i] += n;
-    }
+    add_lifetimes(&mut a.lifetimes, &b.lifetimes);
     add_counts(&mut a.waits, &b.waits);
     add_counts(&mut a.wait_queries, &b.wait_queries);
     merge_max(&mut a.rss_total, &b.rss_total);
