@@ -311,9 +311,9 @@ fn sort_rows<M: Default>(rows: &mut Vec<M>, pid: fn(&M) -> i32) {
     *rows = sorted;
 }
 
-/// Merges `new` (sorted by pid) into `rows` (sorted by pid, no pid of
-/// `new`), filling from the back: a row moves at most once, and only rows
-/// after the first new one move at all.
+/// Merges `new` (sorted by pid) into `rows` (sorted by pid; a row of a
+/// pid both hold stays before the new one), filling from the back: a row
+/// moves at most once, and only rows after the first new one move at all.
 fn insert_sorted<M: Default>(rows: &mut Vec<M>, new: Vec<M>, pid: fn(&M) -> i32) {
     let mut from = rows.len();
     rows.resize_with(rows.len() + new.len(), M::default);
