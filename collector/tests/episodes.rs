@@ -218,7 +218,7 @@ async fn hours_with_more_episodes_than_they_list_are_read_whole() {
         ..Default::default()
     };
     let written = store
-        .append(&pgtrail_collector::store::Append {
+        .append(&mut pgtrail_collector::store::Append {
             instance: id,
             sampled_at: T + 170 * SECOND,
             rollups: vec![

@@ -318,7 +318,7 @@ impl Ingestor {
             .map(|(id, text)| (*id, text.clone()))
             .collect();
         let dropped = snapshot.dropped_before;
-        let append = Append {
+        let mut append = Append {
             instance: state.id,
             sampled_at: t,
             sample: stored_sample(snapshot),
@@ -336,7 +336,7 @@ impl Ingestor {
             closed: changes.closed,
             dropped,
         };
-        if !self.store.append(&append)? {
+        if !self.store.append(&mut append)? {
             if in_order {
                 // Not expected (nothing after `last_at` is stored), but the
                 // shared rollups now hold a sample the store does not:

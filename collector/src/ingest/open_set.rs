@@ -28,8 +28,17 @@ pub struct Changes {
 impl Changes {
     /// Adds `other`'s changes to these.
     pub fn extend(&mut self, other: Changes) {
-        self.opened.extend(other.opened);
-        self.closed.extend(other.closed);
+        append(&mut self.opened, other.opened);
+        append(&mut self.closed, other.closed);
+    }
+}
+
+/// Adds `b` to `a`, moving no record when `a` is empty.
+fn append<T>(a: &mut Vec<T>, b: Vec<T>) {
+    if a.is_empty() {
+        *a = b;
+    } else {
+        a.extend(b);
     }
 }
 

@@ -35,6 +35,9 @@ pub const AGENT_APPLICATION: &str = "pgtrail-agent";
 /// The dimensions client backends are counted by.
 pub const DIMENSIONS: [&str; 5] = ["state", "user", "database", "application", "client"];
 
+/// `DIMENSIONS[STATE]` is "state".
+const STATE: usize = 0;
+
 /// What the previous sample of an instance left behind.
 #[derive(Debug, Default, Clone)]
 pub struct Context {
@@ -48,19 +51,14 @@ pub struct Context {
     pub user_limit: Option<u32>,
 }
 
-/// The value of a session along a dimension.
-pub fn dimension_value(dimension: &str, s: &pb::Session) -> String {
-    dimension_str(dimension, s).to_string()
-}
-
-/// [`dimension_value`], borrowed from the session.
-fn dimension_str<'a>(dimension: &str, s: &'a pb::Session) -> &'a str {
-    match dimension {
-        "state" => s.state.as_deref().unwrap_or(UNKNOWN),
-        "user" => s.user.as_deref().unwrap_or(UNKNOWN),
-        "database" => s.database.as_deref().unwrap_or(UNKNOWN),
-        "application" => s.application_name.as_deref().unwrap_or_default(),
-        "client" => s.client_addr.as_deref().unwrap_or("local"),
+/// The value of a session along `DIMENSIONS[d]`, borrowed from it.
+fn dimension_str(d: usize, s: &pb::Session) -> &str {
+    match d {
+        0 => s.state.as_deref().unwrap_or(UNKNOWN),
+        1 => s.user.as_deref().unwrap_or(UNKNOWN),
+        2 => s.database.as_deref().unwrap_or(UNKNOWN),
+        3 => s.application_name.as_deref().unwrap_or_default(),
+        4 => s.client_addr.as_deref().unwrap_or("local"),
         _ => "",
     }
 }
@@ -137,8 +135,8 @@ pub fn sample<'a>(snapshot: &'a Snapshot, ctx: &Context) -> (Sample<'a>, Context
     let mut counts: FastMap<(usize, &str), u32> = FastMap::with_capacity(64);
     let mut now: Vec<(i32, Option<Micros>)> = Vec::with_capacity(snapshot.sessions.len());
     for s in clients() {
-        for (d, dimension) in DIMENSIONS.iter().enumerate() {
-            *counts.entry((d, dimension_str(dimension, s))).or_insert(0) += 1;
+        for d in 0..DIMENSIONS.len() {
+            *counts.entry((d, dimension_str(d, s))).or_insert(0) += 1;
         }
         now.push((s.pid, s.backend_start_us));
     }
@@ -281,7 +279,7 @@ impl Sample<'_> {
             r.max_at_us = t;
             r.by_state_at_max.clear();
             for (&(d, value), &n) in &self.counts {
-                if DIMENSIONS[d] == "state" {
+                if d == STATE {
                     r.by_state_at_max.insert(value.to_string(), n);
                 }
             }

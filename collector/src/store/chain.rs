@@ -199,7 +199,7 @@ mod tests {
             })
             .collect();
         for (i, sample) in samples.iter().enumerate() {
-            let append = Append {
+            let mut append = Append {
                 instance,
                 sampled_at: T0 + i as Micros * SECOND,
                 sample: sample.clone(),
@@ -207,7 +207,7 @@ mod tests {
                 processes: &sample.processes,
                 ..Default::default()
             };
-            assert!(store.append(&append).unwrap());
+            assert!(store.append(&mut append).unwrap());
         }
         // The first two minutes sealed, the third in the tail.
         assert_eq!(store.sample_blocks.len(), 2);

@@ -304,13 +304,13 @@ mod tests {
     /// Appends a sample at `t` that closes `closed`.
     fn close(store: &SledStore, t: Micros, closed: Vec<(EpisodeKind, EpisodeRecord)>) {
         let instance = store.instance_id("db", "5432").unwrap();
-        let append = Append {
+        let mut append = Append {
             instance,
             sampled_at: t,
             closed,
             ..Default::default()
         };
-        assert!(store.append(&append).unwrap());
+        assert!(store.append(&mut append).unwrap());
     }
 
     fn all(store: &SledStore, kind: EpisodeKind) -> Vec<EpisodeRecord> {

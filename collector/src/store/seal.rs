@@ -225,7 +225,7 @@ mod tests {
         let instance = store.instance_id("db", "5432").unwrap();
         let mut rng = Rng(step.s.to_bits());
         let sample = Population::default().step(&mut rng);
-        let append = Append {
+        let mut append = Append {
             instance,
             sampled_at: at(step.s),
             sessions: &sample.sessions,
@@ -236,7 +236,7 @@ mod tests {
             dropped: step.dropped,
             ..Default::default()
         };
-        assert!(store.append(&append).unwrap(), "stored at {} s", step.s);
+        assert!(store.append(&mut append).unwrap(), "stored at {} s", step.s);
     }
 
     /// A sample at `s` that changes no episode.

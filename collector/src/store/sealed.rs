@@ -456,7 +456,7 @@ mod tests {
     /// Appends `samples` at the given offsets from `T0` in seconds.
     fn append(store: &SledStore, instance: InstanceId, at: &[(i64, &StoredSample)]) {
         for (s, sample) in at {
-            let append = Append {
+            let mut append = Append {
                 instance,
                 sampled_at: T0 + s * SECOND,
                 sample: (*sample).clone(),
@@ -464,7 +464,7 @@ mod tests {
                 processes: &sample.processes,
                 ..Default::default()
             };
-            assert!(store.append(&append).unwrap(), "stored at {s} s");
+            assert!(store.append(&mut append).unwrap(), "stored at {s} s");
         }
     }
 
@@ -499,7 +499,7 @@ mod tests {
         // Half a second into the first, sealed, minute; then into the
         // second: both kept on their own.
         for (i, s) in [(150, 30), (151, 90)] {
-            let late = Append {
+            let mut late = Append {
                 instance: id,
                 sampled_at: T0 + s * SECOND + SECOND / 2,
                 sample: samples[i].clone(),
@@ -507,8 +507,8 @@ mod tests {
                 processes: &samples[i].processes,
                 ..Default::default()
             };
-            assert!(store.append(&late).unwrap());
-            assert!(!store.append(&late).unwrap(), "stored twice");
+            assert!(store.append(&mut late).unwrap());
+            assert!(!store.append(&mut late).unwrap(), "stored twice");
         }
         assert_eq!(store.sample_blocks.len(), 2);
         assert_eq!(store.samples.len(), 2);

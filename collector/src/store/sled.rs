@@ -567,7 +567,7 @@ impl Store for SledStore {
         Ok(out)
     }
 
-    fn append(&self, a: &Append) -> Result<bool, StoreError> {
+    fn append(&self, a: &mut Append) -> Result<bool, StoreError> {
         let tail = self.tail(a.instance)?;
         let mut tail = tail.lock().expect("not poisoned");
         if tail.is_stale() {
@@ -593,17 +593,19 @@ impl Store for SledStore {
         } else {
             (None, Some(sample))
         };
+        let episodes = !(a.opened.is_empty() && a.closed.is_empty());
         let entry = TailEntry {
             at: a.sampled_at,
             sample: in_tail.as_deref(),
-            opened: &a.opened,
-            closed: &a.closed,
+            opened: std::mem::take(&mut a.opened),
+            closed: std::mem::take(&mut a.closed),
             dropped: if late { 0 } else { a.dropped },
         };
-        if late && !(a.opened.is_empty() && a.closed.is_empty()) {
+        let mut entry = Some(entry);
+        if late && episodes {
             // Before the sample: its episodes are what matters more, and
             // written twice they are the same.
-            tail.push(&entry)?;
+            tail.push(entry.take().expect("not pushed yet"))?;
         }
         let facts = a.facts.as_ref().map(Message::encode_to_vec);
         let writing: Vec<(Resolution, Micros)> = a
@@ -645,8 +647,8 @@ impl Store for SledStore {
                 true
             };
         if stored {
-            if !late {
-                tail.push(&entry)?;
+            if let Some(entry) = entry.filter(|_| !late) {
+                tail.push(entry)?;
             }
             drop(tail);
             if !a.texts.is_empty() {
@@ -1057,13 +1059,13 @@ mod tests {
         let (_dir, mut store) = temp_store();
         let instance = store.instance_id("host", "5432").unwrap();
         let (one, two): (Arc<str>, Arc<str>) = ("SELECT 1".into(), "SELECT 2".into());
-        let append = Append {
+        let mut append = Append {
             instance,
             sampled_at: 1_000_000,
             texts: vec![(1, one), (2, two)],
             ..Default::default()
         };
-        assert!(store.append(&append).unwrap());
+        assert!(store.append(&mut append).unwrap());
         let ask = |store: &SledStore| {
             let mut texts: Vec<_> = store
                 .query_texts(&mut [2, 3, 1, 2].into_iter())

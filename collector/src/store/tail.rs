@@ -77,17 +77,18 @@ pub(super) struct TailEpisode {
     pub record: Option<EpisodeRecord>,
 }
 
-/// What one append adds to its instance's tail.
-#[derive(Debug, Clone, Copy)]
+/// What one append adds to its instance's tail; the tail keeps its
+/// episodes.
+#[derive(Debug)]
 pub(super) struct TailEntry<'a> {
     /// The sample's time.
     pub at: Micros,
     /// Its stored value, unless it went to sled.
     pub sample: Option<&'a [u8]>,
     /// Episodes it opened or changed.
-    pub opened: &'a [(EpisodeKind, EpisodeRecord)],
+    pub opened: Vec<(EpisodeKind, EpisodeRecord)>,
     /// Episodes it closed.
-    pub closed: &'a [(EpisodeKind, EpisodeRecord)],
+    pub closed: Vec<(EpisodeKind, EpisodeRecord)>,
     /// Snapshots dropped before it, when counted here.
     pub dropped: u64,
 }
@@ -196,7 +197,7 @@ impl Tail {
         if entry.checkpoint {
             self.open.clear();
         }
-        self.apply(&entry.opened, &entry.closed, entry.dropped);
+        self.apply(entry.opened, entry.closed, entry.dropped);
     }
 
     fn add_sample(&mut self, at: Micros, value: Range<usize>) {
@@ -209,18 +210,17 @@ impl Tail {
 
     fn apply(
         &mut self,
-        opened: &[(EpisodeKind, EpisodeRecord)],
-        closed: &[(EpisodeKind, EpisodeRecord)],
+        opened: Vec<(EpisodeKind, EpisodeRecord)>,
+        closed: Vec<(EpisodeKind, EpisodeRecord)>,
         dropped: u64,
     ) {
         for (kind, e) in opened {
-            self.open
-                .insert(self.open_key(*kind, e), (*kind, e.clone()));
+            self.open.insert(self.open_key(kind, &e), (kind, e));
         }
         for (kind, e) in closed {
-            self.open.remove(&self.open_key(*kind, e));
-            let key = keys::closed_episode(*kind, self.instance, e.end(), e.pid, e.started_us);
-            self.closed.insert(key, (*kind, e.clone()));
+            self.open.remove(&self.open_key(kind, &e));
+            let key = keys::closed_episode(kind, self.instance, e.end(), e.pid, e.started_us);
+            self.closed.insert(key, (kind, e));
         }
         self.dropped += dropped;
     }
@@ -235,12 +235,12 @@ impl Tail {
     }
 
     /// Adds `entry` to the file (not synced yet) and to memory.
-    pub fn push(&mut self, entry: &TailEntry<'_>) -> Result<(), StoreError> {
+    pub fn push(&mut self, entry: TailEntry<'_>) -> Result<(), StoreError> {
         assert!(
             !self.stale,
             "a sealed tail is restarted before it takes entries"
         );
-        let value = encode_payload(entry, 0);
+        let value = encode_payload(&entry, 0);
         sealed::encode_entry(&mut self.raw, self.last_written, entry.at, &value);
         self.last_written = entry.at;
         if let Some(sample) = entry.sample {
@@ -318,12 +318,11 @@ impl Tail {
 
     /// The bytes a replaced file starts with: a checkpoint of the open set.
     pub fn checkpoint(&self) -> Vec<u8> {
-        let open: Vec<_> = self.open.values().cloned().collect();
         let entry = TailEntry {
             at: 0,
             sample: None,
-            opened: &open,
-            closed: &[],
+            opened: self.open.values().cloned().collect(),
+            closed: Vec::new(),
             dropped: 0,
         };
         let mut out = Vec::new();
@@ -357,10 +356,13 @@ impl Tail {
 
     /// Goes on in `file`, which holds `raw`: the [`Tail::checkpoint`] it
     /// was replaced with after a seal.
-    pub fn restarted(&mut self, (file, path, raw): (File, PathBuf, Vec<u8>)) {
+    pub fn restarted(&mut self, (file, path, mut raw): (File, PathBuf, Vec<u8>)) {
         self.file = Arc::new(file);
         self.path = path;
         self.written = raw.len();
+        // The next minute is likely the size of the last: grown to it at
+        // once, the buffer is not copied over and over as it doubles.
+        raw.reserve(self.raw.len());
         self.raw = raw;
         self.last_written = 0;
         self.stale = false;
@@ -443,7 +445,8 @@ fn open_bound(prefix: [u8; 5], fill: u8) -> OpenKey {
 
 /// `entry`'s payload, with `flags` besides [`SAMPLE`].
 fn encode_payload(entry: &TailEntry<'_>, flags: u8) -> Vec<u8> {
-    let mut out = Vec::new();
+    let episodes = entry.opened.len() + entry.closed.len();
+    let mut out = Vec::with_capacity(entry.sample.map_or(0, <[u8]>::len) + 256 * episodes + 16);
     match entry.sample {
         Some(sample) => {
             out.push(flags | SAMPLE);
@@ -463,8 +466,8 @@ fn encode_payload(entry: &TailEntry<'_>, flags: u8) -> Vec<u8> {
             prost::encoding::message::encode(2, e, out);
         }
     };
-    episode(1, entry.opened, &mut out);
-    episode(2, entry.closed, &mut out);
+    episode(1, &entry.opened, &mut out);
+    episode(2, &entry.closed, &mut out);
     if entry.dropped != 0 {
         prost::encoding::uint64::encode(3, &entry.dropped, &mut out);
     }
