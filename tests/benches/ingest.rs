@@ -9,8 +9,9 @@
 //! that did not change go as their pids, in a `delta`), with up to 32
 //! snapshots ahead of the acknowledgements, as the agent's sender does.
 //! Messages are encoded to bytes before the clock starts and sent as they
-//! are: agents run on their own hosts, and the two cores here go to the
-//! collector, less only what sending takes.
+//! are, as the agent sends the rows its spool encoded (its `ingest`
+//! codec): agents run on their own hosts, and the two cores here go to
+//! the collector, less only what sending takes.
 //! The run ends when every snapshot is acknowledged (acks come once the
 //! sample is durable).
 //!

@@ -250,8 +250,9 @@ pub trait Store: Send + Sync + 'static {
     /// Writes a sample and its derived records (in the order the module's
     /// invariants give). Returns `false` when the sample was already
     /// stored: nothing is written, but for a late sample's episode
-    /// changes, written again as they were. The store takes the episodes
-    /// (`opened`, `closed`) into its keeping, leaving those lists empty.
+    /// changes, written again as they were. The store may take the
+    /// episodes (`opened`, `closed`) into its keeping, leaving those lists
+    /// empty.
     fn append(&self, append: &mut Append) -> Result<bool, StoreError>;
     /// Seals `instance`'s minute when a sample at `t` would start a new
     /// one: the part of [`Store::append`] that waits for the disk (sled's
