@@ -162,7 +162,7 @@ impl Sampler {
         }
 
         let mut sessions = Vec::with_capacity(rows.len());
-        let mut queries = QueryTexts::new();
+        let mut queries = QueryTexts::default();
         for row in &rows {
             let (session, text) =
                 session_from_row(row, &conn.columns, self.options.normalize_queries)

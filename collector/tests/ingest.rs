@@ -354,6 +354,67 @@ async fn a_duplicate_that_differs_does_not_pass_for_the_stored_sample() {
 }
 
 #[tokio::test]
+async fn rollups_of_a_delta_stream_are_those_of_its_snapshots_whole() {
+    // Sessions change state, come and go; sample 3 comes twice, the second
+    // time different (a duplicate, not stored, that the next delta refers
+    // to). The sessions a delta moves over are counted without looking
+    // at their values again: the counts must be those of the rows.
+    let states: [&[(i32, &str, &str)]; 7] = [
+        &[(10, "idle", "a"), (11, "active", "b"), (12, "idle", "c")],
+        &[(10, "idle", "a"), (11, "idle", "b"), (12, "idle", "c")],
+        &[(10, "active", "d"), (11, "idle", "b"), (13, "active", "e")],
+        &[(10, "idle", "d"), (11, "active", "f"), (13, "active", "e")],
+        &[(10, "idle", "d"), (11, "idle", "f"), (13, "idle", "e")],
+        &[(10, "idle", "d"), (11, "idle", "f"), (13, "idle", "e")],
+        &[(10, "active", "g"), (11, "idle", "f"), (14, "idle", "h")],
+    ];
+    let seqs = [1, 2, 3, 3, 4, 5, 6];
+    let snapshots: Vec<_> = seqs
+        .iter()
+        .zip(states)
+        .map(|(&seq, s)| snapshot(seq, s))
+        .collect();
+
+    let streamed = tempfile::tempdir().unwrap();
+    let server = Server::start(streamed.path()).await;
+    let (acks, err) = exchange(&server.url, stream_of(&snapshots), snapshots.len()).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(acks.iter().filter(|a| a.duplicate).count(), 1);
+    server.stop().await;
+
+    let whole = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(common::reopen_store(whole.path()));
+    let ingestor = pgtrail_collector::Ingestor::new(store.clone());
+    for s in &snapshots {
+        ingestor.ingest("db-test", s).await.unwrap();
+    }
+    ingestor.close().await.unwrap();
+    drop(ingestor);
+
+    use pgtrail_collector::store::{Resolution, Store};
+    let rollups = |store: &dyn Store| {
+        let id = store.instances().unwrap()[0].id;
+        let minutes = store
+            .rollups(
+                id,
+                Resolution::Minute,
+                T0 - 3_600_000_000,
+                T0 + 3_600_000_000,
+            )
+            .unwrap();
+        let hour = store
+            .rollups(id, Resolution::Hour, T0 - 3_600_000_000, T0 + 3_600_000_000)
+            .unwrap();
+        (minutes, hour)
+    };
+    let want = rollups(store.as_ref());
+    drop(store);
+    let got = rollups(&common::reopen_store(streamed.path()));
+    assert!(!want.0.is_empty() && want.0[0].1.samples == 6, "{want:?}");
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
 async fn history_survives_a_restart_of_the_collector() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path()).await;

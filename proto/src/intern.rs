@@ -114,7 +114,7 @@ pub const MAX_ROWS_PER_STREAM: usize = 2 * crate::model::MAX_ROWS;
 #[derive(Debug)]
 pub struct StreamDecoder {
     stream: u64,
-    known: HashMap<u64, Arc<str>>,
+    known: foldhash::HashMap<u64, Arc<str>>,
     last: HashMap<String, Decoded>,
     /// The rows `last` holds.
     held: usize,
@@ -125,7 +125,7 @@ impl Default for StreamDecoder {
         static STREAMS: AtomicU64 = AtomicU64::new(1);
         Self {
             stream: STREAMS.fetch_add(1, Ordering::Relaxed),
-            known: HashMap::new(),
+            known: foldhash::HashMap::default(),
             last: HashMap::new(),
             held: 0,
         }
@@ -204,7 +204,8 @@ impl StreamDecoder {
             |p| p.pid,
             "unchanged_processes",
         )?;
-        let mut queries = QueryTexts::with_capacity(previous.queries.len());
+        let mut queries =
+            QueryTexts::with_capacity_and_hasher(previous.queries.len(), Default::default());
         for s in &wire.sessions {
             if let Some(id) = s.query_id {
                 let text = self

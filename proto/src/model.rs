@@ -6,7 +6,6 @@
 //! Rows reuse the generated [`pb::Session`] and [`pb::Process`]: they are
 //! plain data, and [`Snapshot::validate`] checks what a peer could get wrong.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::pb;
@@ -25,8 +24,9 @@ pub const MAX_ROWS: usize = 100_000;
 /// The longest instance name accepted.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// A query text and its content hash.
-pub type QueryTexts = HashMap<u64, Arc<str>>;
+/// Query texts by their content hash (hashed again with `foldhash`: the
+/// collector builds this map for every snapshot it receives).
+pub type QueryTexts = foldhash::HashMap<u64, Arc<str>>;
 
 /// One sample of one instance, with every query text it refers to.
 #[derive(Debug, Clone, Default, PartialEq)]

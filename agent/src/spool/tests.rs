@@ -10,7 +10,7 @@ use super::*;
 
 fn snapshot(instance: &str, at: i64, text: &str) -> Snapshot {
     let id = pgtrail_proto::model::query_hash(text);
-    let mut queries = QueryTexts::new();
+    let mut queries = QueryTexts::default();
     queries.insert(id, Arc::from(text));
     Snapshot {
         instance: instance.to_string(),

@@ -6,6 +6,7 @@
 //! check followed by an append cannot race with a second stream carrying
 //! the same instance.
 
+mod dimensions;
 mod durable;
 pub mod episodes;
 pub mod instance;
@@ -26,7 +27,7 @@ use pgtrail_proto::unchanged::Unchanged;
 
 use self::episodes::{SessionEpisodes, SESSION_KINDS};
 use self::instance::InstanceEpisodes;
-use self::rollup::Context;
+use self::rollup::{Context, Dimensions, Moved};
 use crate::store::{
     Append, EpisodeKind, EpisodeRecord, InstanceId, Resolution, Rollup, SharedRollup, Store,
     StoreError, StoredSample,
@@ -52,6 +53,8 @@ struct InstanceState {
     sessions: SessionEpisodes,
     instance: InstanceEpisodes,
     context: Context,
+    /// Client sessions' values numbered, for counting them.
+    dimensions: Dimensions,
     last_at: Micros,
     /// The stream that sent the sample at `last_at` (when it came through
     /// [`Ingestor::append_decoded`]), and that time; forgotten by any
@@ -204,6 +207,7 @@ impl Ingestor {
             sessions: SessionEpisodes::resume(open(&SESSION_KINDS)?),
             instance: InstanceEpisodes::resume(open(&INSTANCE_KINDS)?),
             context,
+            dimensions: Dimensions::default(),
             last_at,
             last_from: None,
             facts,
@@ -241,9 +245,10 @@ impl Ingestor {
             Some((t, sample)) => rollup::stored_sample_rollup(t, sample, context).1,
             None => context.clone(),
         };
+        let mut dims = Dimensions::default();
         for (t, sample) in samples {
             let snapshot = rollup::stored_snapshot(t, sample);
-            let (sample, next) = rollup::sample(&snapshot, &context);
+            let (sample, next) = rollup::sample(&snapshot, &context, &mut dims, None);
             rollup::fold_into_minute(&mut minute, &sample);
             context = next;
         }
@@ -287,8 +292,19 @@ impl Ingestor {
             state.context.user_limit = user_limit(f);
         }
         let in_order = t > state.last_at;
+        // Only this stream's previous snapshot, stored last, is what the
+        // rows were moved over from.
+        let moved_from = unchanged
+            .filter(|u| last_from.is_some() && last_from == u.since.map(|s| (u.stream, s)));
+        let mut alone_dims = Dimensions::default();
         let (sample, next_context) = if in_order {
-            rollup::sample(snapshot, &state.context)
+            let moved = moved_from.and_then(|u| {
+                Some(Moved {
+                    since: u.since?,
+                    pids: &u.sessions,
+                })
+            });
+            rollup::sample(snapshot, &state.context, &mut state.dimensions, moved)
         } else {
             // A late sample (an agent's spool replaying behind newer ones)
             // is stored and rolled up on its own, but not tracked.
@@ -296,7 +312,7 @@ impl Ingestor {
                 user_limit: state.context.user_limit,
                 ..Default::default()
             };
-            rollup::sample(snapshot, &alone)
+            rollup::sample(snapshot, &alone, &mut alone_dims, None)
         };
         let cache = std::mem::take(&mut state.rollups);
         let (rollups, open_rollups) = self.fold_rollups(state.id, cache, t, &sample, in_order)?;
@@ -324,10 +340,7 @@ impl Ingestor {
             sample: stored_sample(snapshot),
             sessions: &snapshot.sessions,
             processes: &snapshot.processes,
-            // Only this stream's previous snapshot, stored last, is what
-            // the rows were moved over from.
-            unchanged: unchanged
-                .filter(|u| last_from.is_some() && last_from == u.since.map(|s| (u.stream, s))),
+            unchanged: moved_from,
             texts,
             facts: facts.clone(),
             rollups: both.now,

@@ -9,7 +9,6 @@
 //! can be assembled from hour, minute and raw-sample pieces alike.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use foldhash::{HashMap as FastMap, HashMapExt};
 
@@ -17,10 +16,9 @@ use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
 
+use super::dimensions::STATE;
+pub use super::dimensions::{Dimensions, Moved, DIMENSIONS, UNKNOWN};
 use crate::store::{Max, PeakRollup, Rollup, StoredSample};
-
-/// The state name used when the agent's role may not see a session's state.
-pub const UNKNOWN: &str = "unknown";
 
 /// A gap between samples longer than this is an outage, not covered time.
 pub const MAX_GAP: Micros = 10 * SECOND;
@@ -31,12 +29,6 @@ pub const LIFETIME_BOUNDS: [Micros; 4] = [SECOND, 10 * SECOND, 60 * SECOND, 3600
 /// The application_name of the agent's own session, left out of wait
 /// statistics (it is always active, sampling).
 pub const AGENT_APPLICATION: &str = "pgtrail-agent";
-
-/// The dimensions client backends are counted by.
-pub const DIMENSIONS: [&str; 5] = ["state", "user", "database", "application", "client"];
-
-/// `DIMENSIONS[STATE]` is "state".
-const STATE: usize = 0;
 
 /// What the previous sample of an instance left behind.
 #[derive(Debug, Default, Clone)]
@@ -49,18 +41,6 @@ pub struct Context {
     pub sessions_total: Option<u64>,
     /// max_connections − superuser_reserved_connections in force.
     pub user_limit: Option<u32>,
-}
-
-/// The value of a session along `DIMENSIONS[d]`, borrowed from it.
-fn dimension_str(d: usize, s: &pb::Session) -> &str {
-    match d {
-        0 => s.state.as_deref().unwrap_or(UNKNOWN),
-        1 => s.user.as_deref().unwrap_or(UNKNOWN),
-        2 => s.database.as_deref().unwrap_or(UNKNOWN),
-        3 => s.application_name.as_deref().unwrap_or_default(),
-        4 => s.client_addr.as_deref().unwrap_or("local"),
-        _ => "",
-    }
 }
 
 /// The key of a (dimension, value) maximum.
@@ -94,6 +74,15 @@ fn push_wait_key(out: &mut String, kind: Option<&str>, event: Option<&str>) {
     }
 }
 
+/// Appends `n` as 16 lowercase hex digits, as `{n:016x}` writes it
+/// (which costs a formatter call per active session and sample).
+fn push_hex(out: &mut String, n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(DIGITS[(n >> (4 * shift) & 0xf) as usize]));
+    }
+}
+
 /// An active session's wait event type, wait event and query.
 type ActiveIn<'a> = (Option<&'a str>, Option<&'a str>, Option<u64>);
 
@@ -107,7 +96,7 @@ pub struct Sample<'a> {
     /// Client sessions.
     total: u32,
     /// Client sessions by (dimension, value).
-    counts: FastMap<(usize, &'a str), u32>,
+    counts: Vec<(usize, &'a str, u32)>,
     covered_us: Micros,
     above_80_us: Micros,
     above_95_us: Micros,
@@ -122,8 +111,16 @@ pub struct Sample<'a> {
 }
 
 /// What `snapshot` adds to a rollup (with what the previous sample of its
-/// instance left in `ctx`), and the context it leaves for the next.
-pub fn sample<'a>(snapshot: &'a Snapshot, ctx: &Context) -> (Sample<'a>, Context) {
+/// instance left in `ctx`), and the context it leaves for the next. Its
+/// sessions are counted with `dims` (see [`Dimensions::count`]: `moved`
+/// names the sessions moved over unchanged from the sample before), which
+/// the sample borrows its values from.
+pub fn sample<'a>(
+    snapshot: &'a Snapshot,
+    ctx: &Context,
+    dims: &'a mut Dimensions,
+    moved: Option<Moved<'_>>,
+) -> (Sample<'a>, Context) {
     let t = snapshot.sampled_at;
     let clients = || {
         snapshot
@@ -132,14 +129,9 @@ pub fn sample<'a>(snapshot: &'a Snapshot, ctx: &Context) -> (Sample<'a>, Context
             .filter(|s| s.backend_type == CLIENT_BACKEND)
     };
     // Count by borrowed values: a key is owned only by a rollup new to it.
-    let mut counts: FastMap<(usize, &str), u32> = FastMap::with_capacity(64);
-    let mut now: Vec<(i32, Option<Micros>)> = Vec::with_capacity(snapshot.sessions.len());
-    for s in clients() {
-        for d in 0..DIMENSIONS.len() {
-            *counts.entry((d, dimension_str(d, s))).or_insert(0) += 1;
-        }
-        now.push((s.pid, s.backend_start_us));
-    }
+    let counts = dims.count(t, clients(), moved);
+    let mut now: Vec<(i32, Option<Micros>)> =
+        clients().map(|s| (s.pid, s.backend_start_us)).collect();
     let total = now.len() as u32;
     if !now.is_sorted() {
         now.sort_unstable();
@@ -278,7 +270,7 @@ impl Sample<'_> {
             r.max_total = self.total;
             r.max_at_us = t;
             r.by_state_at_max.clear();
-            for (&(d, value), &n) in &self.counts {
+            for &(d, value, n) in &self.counts {
                 if d == STATE {
                     r.by_state_at_max.insert(value.to_string(), n);
                 }
@@ -286,7 +278,7 @@ impl Sample<'_> {
         }
         r.samples += 1;
         let mut key = String::with_capacity(64);
-        for (&(d, value), &n) in &self.counts {
+        for &(d, value, n) in &self.counts {
             let max = Max {
                 value: u64::from(n),
                 at_us: t,
@@ -314,8 +306,8 @@ impl Sample<'_> {
             push_wait_key(&mut key, kind, event);
             if let Some(q) = query {
                 let len = key.len();
-                // Writing to a String does not fail.
-                let _ = write!(key, "\t{q:016x}");
+                key.push('\t');
+                push_hex(&mut key, q);
                 add_count(&mut r.wait_queries, &key, n);
                 key.truncate(len);
             }
@@ -337,7 +329,8 @@ impl Sample<'_> {
 
 /// The rollup of one sample, and the context it leaves for the next.
 pub fn sample_rollup(snapshot: &Snapshot, ctx: &Context) -> (Rollup, Context) {
-    let (sample, next) = sample(snapshot, ctx);
+    let mut dims = Dimensions::default();
+    let (sample, next) = sample(snapshot, ctx, &mut dims, None);
     (sample.rollup(), next)
 }
 
@@ -510,6 +503,15 @@ mod tests {
     }
 
     #[test]
+    fn hex_digits_are_those_format_writes() {
+        for n in [0, 9, 0xabc, u64::MAX, 0x0123_4567_89ab_cdef] {
+            let mut s = String::new();
+            push_hex(&mut s, n);
+            assert_eq!(s, format!("{n:016x}"));
+        }
+    }
+
+    #[test]
     fn counts_one_sample() {
         let s = snap(
             5 * SECOND,
@@ -601,8 +603,9 @@ mod tests {
         ];
         let (mut folded, mut merged) = (Rollup::default(), Rollup::default());
         let mut ctx = Context::default();
+        let mut dims = Dimensions::default();
         for s in &snaps {
-            let (sample, next) = sample(s, &ctx);
+            let (sample, next) = sample(s, &ctx, &mut dims, None);
             sample.fold_into(&mut folded);
             merge(&mut merged, &sample.rollup());
             ctx = next;

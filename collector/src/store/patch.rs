@@ -87,11 +87,10 @@ pub fn write(
 ) -> Result<(), PatchError> {
     encode_varint(pid as i64 as u64, out);
     let (mut old, mut now) = (Groups::new(base), Groups::new(new));
-    // What the two start with byte for byte is the same groups: read once.
-    let shared = shared_prefix(base, new);
-    now.skip_shared(shared)?;
-    old.resume(now.pos, now.last);
     loop {
+        if skip_same(&mut old, &mut now)? {
+            return Ok(());
+        }
         match (old.peek_tag()?, now.peek_tag()?) {
             (None, None) => return Ok(()),
             (Some(a), Some(b)) if a == b => {
@@ -114,6 +113,23 @@ pub fn write(
             }
         }
     }
+}
+
+/// Moves `old` and `now` past the groups they go on with byte for byte,
+/// reading them once (in `now`): a row that changed mostly did in a field
+/// or two. True when the two end alike.
+fn skip_same(old: &mut Groups<'_>, now: &mut Groups<'_>) -> Result<bool, PatchError> {
+    let (a, b) = (&old.buf[old.pos..], &now.buf[now.pos..]);
+    let shared = shared_prefix(a, b);
+    if shared == a.len() && shared == b.len() {
+        return Ok(true);
+    }
+    let start = now.pos;
+    now.skip_shared(start + shared)?;
+    if now.pos != start {
+        old.resume(old.pos + (now.pos - start), now.last);
+    }
+    Ok(false)
 }
 
 /// Which fields a patch writes as they are even when a difference could
@@ -336,9 +352,9 @@ impl<'a> Groups<'a> {
         Ok(())
     }
 
-    /// Takes the groups that lie, with the key after them, in the first
-    /// `shared` bytes: another encoding with those bytes has the same
-    /// groups there.
+    /// Takes the groups that lie, with the key after them, before
+    /// `shared`: another encoding with the same bytes from here on up to
+    /// there has the same groups there.
     fn skip_shared(&mut self, shared: usize) -> Result<(), PatchError> {
         let (mut pos, mut previous) = (self.pos, self.last);
         while pos < shared {
@@ -438,6 +454,11 @@ fn skip(buf: &[u8], pos: &mut usize, tag: u32, wire_type: u8) -> Result<(), Patc
 /// The varint of `buf` at `pos`, moving `pos` past it.
 #[inline(always)]
 fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, PatchError> {
+    // Keys, lengths and most values are one byte.
+    if let Some(&byte) = buf.get(*pos).filter(|&&b| b < 0x80) {
+        *pos += 1;
+        return Ok(u64::from(byte));
+    }
     let mut value = 0;
     let mut at = *pos;
     for shift in (0..64).step_by(7) {

@@ -269,7 +269,7 @@ impl Sim {
             sessions.push(s.clone());
             processes.push(p.clone());
         }
-        let mut queries = std::collections::HashMap::new();
+        let mut queries = pgtrail_proto::model::QueryTexts::default();
         for slot in &self.slots {
             if let Some(id) = slot.session.query_id {
                 if let Some(text) = self.text_of.get(&id) {
