@@ -7,6 +7,7 @@
 //! per-stream query-text interning ([`intern`]).
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod error;
 pub mod intern;
 pub mod model;
