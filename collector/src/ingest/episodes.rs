@@ -89,11 +89,9 @@ impl SessionEpisodes {
     /// Folds in the next sample (samples must come in time order).
     pub fn observe(&mut self, snapshot: &Snapshot) -> Changes {
         let now = snapshot.sampled_at;
-        // Needed for lock waits and ended episodes only: built then.
+        // Needed for lock waits and ended episodes only: made then.
         let sessions = std::cell::OnceCell::new();
-        let by_pid = || -> &HashMap<i32, &pb::Session> {
-            sessions.get_or_init(|| snapshot.sessions.iter().map(|s| (s.pid, s)).collect())
-        };
+        let by_pid = || sessions.get_or_init(|| ByPid::new(&snapshot.sessions));
         let mut key_buf = String::new();
         for s in &snapshot.sessions {
             for kind in SESSION_KINDS {
@@ -125,9 +123,9 @@ impl SessionEpisodes {
         }
         self.open.close_unseen(now, floor, |kind, e, now| {
             let session = by_pid()
-                .get(&e.pid)
+                .get(e.pid)
                 .filter(|s| s.backend_start_us == e.backend_start_us);
-            ended(kind, e, session.copied(), now)
+            ended(kind, e, session, now)
         })
     }
 }
@@ -193,16 +191,43 @@ fn ended(
         .unwrap_or(now)
 }
 
+/// A snapshot's sessions by pid (of two with one pid, the last): found by
+/// binary search when they are sorted by pid, as a stream delivers them,
+/// else through a map.
+struct ByPid<'a> {
+    sessions: &'a [pb::Session],
+    map: Option<HashMap<i32, &'a pb::Session>>,
+}
+
+impl<'a> ByPid<'a> {
+    fn new(sessions: &'a [pb::Session]) -> Self {
+        let sorted = sessions.is_sorted_by_key(|s| s.pid);
+        Self {
+            sessions,
+            map: (!sorted).then(|| sessions.iter().map(|s| (s.pid, s)).collect()),
+        }
+    }
+
+    fn get(&self, pid: i32) -> Option<&'a pb::Session> {
+        if let Some(map) = &self.map {
+            return map.get(&pid).copied();
+        }
+        let after = self.sessions.partition_point(|s| s.pid <= pid);
+        let last = self.sessions.get(after.checked_sub(1)?)?;
+        (last.pid == pid).then_some(last)
+    }
+}
+
 /// Records the sessions blocking `s`; true when a new blocker appeared.
 fn note_blockers(
     record: &mut EpisodeRecord,
     s: &pb::Session,
-    by_pid: &HashMap<i32, &pb::Session>,
+    by_pid: &ByPid<'_>,
     now: Micros,
 ) -> bool {
     let mut added = false;
     for &pid in &s.blocking_pids {
-        let blocker = by_pid.get(&pid);
+        let blocker = by_pid.get(pid);
         let idle_in_xact = blocker
             .and_then(|b| b.state.as_deref())
             .is_some_and(|st| st.starts_with(IDLE_IN_TRANSACTION));
@@ -236,6 +261,23 @@ fn note_blockers(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_are_found_by_pid_sorted_or_not() {
+        let rows = [(3, "idle"), (5, "active"), (5, "idle"), (9, "active")];
+        let mut sessions: Vec<_> = rows.iter().map(|&(p, st)| session(p, st, 0, 0)).collect();
+        for _ in 0..2 {
+            let by_pid = ByPid::new(&sessions);
+            let state = |pid| by_pid.get(pid).and_then(|s| s.state.clone());
+            assert_eq!(state(3).as_deref(), Some("idle"));
+            assert_eq!(state(5).as_deref(), Some("idle"), "the last of pid 5");
+            assert_eq!(state(9).as_deref(), Some("active"));
+            assert!(by_pid.get(1).is_none() && by_pid.get(4).is_none() && by_pid.get(10).is_none());
+            sessions.swap(0, 3);
+            sessions.swap(1, 2);
+            sessions.swap(1, 3);
+        }
+    }
 
     fn session(pid: i32, state: &str, state_change: Micros, query_start: Micros) -> pb::Session {
         pb::Session {

@@ -47,6 +47,9 @@ const SAMPLE: u8 = 1;
 /// The entry's opened episodes are the whole open set, replacing it.
 const CHECKPOINT: u8 = 2;
 
+/// An episode with its kind, as the tail holds it.
+type Kinded = Box<(EpisodeKind, EpisodeRecord)>;
+
 /// An open episode's key (as in [`keys::open_episode`]).
 pub(super) type OpenKey = [u8; 17];
 /// A closed episode's key (as in [`keys::closed_episode`]).
@@ -110,10 +113,11 @@ pub(super) struct Tail {
     written: usize,
     /// Times and places in `raw` of its samples, in time order.
     entries: Vec<(Micros, Range<usize>)>,
-    /// The episodes open now.
-    open: BTreeMap<OpenKey, (EpisodeKind, EpisodeRecord)>,
+    /// The episodes open now (boxed: a node of the map shifts its values
+    /// on every insert, and a record is hundreds of bytes).
+    open: BTreeMap<OpenKey, Kinded>,
     /// The episodes closed since the last seal.
-    closed: BTreeMap<ClosedKey, (EpisodeKind, EpisodeRecord)>,
+    closed: BTreeMap<ClosedKey, Kinded>,
     /// Snapshots dropped, not yet in the instance's record.
     dropped: u64,
     /// Keys of the open episodes sled's `open_episodes` still holds (from
@@ -161,7 +165,7 @@ impl Tail {
         for (kind, e) in open {
             let key = tail.open_key(kind, &e);
             tail.legacy.push(key);
-            tail.open.insert(key, (kind, e));
+            tail.open.insert(key, Box::new((kind, e)));
         }
         let (mut good, mut entry_start) = (whole, 0);
         for (at, range) in entries {
@@ -215,12 +219,13 @@ impl Tail {
         dropped: u64,
     ) {
         for (kind, e) in opened {
-            self.open.insert(self.open_key(kind, &e), (kind, e));
+            self.open
+                .insert(self.open_key(kind, &e), Box::new((kind, e)));
         }
         for (kind, e) in closed {
             self.open.remove(&self.open_key(kind, &e));
             let key = keys::closed_episode(kind, self.instance, e.end(), e.pid, e.started_us);
-            self.closed.insert(key, (kind, e));
+            self.closed.insert(key, Box::new((kind, e)));
         }
         self.dropped += dropped;
     }
@@ -300,12 +305,12 @@ impl Tail {
 
     /// The episodes closed since the last seal, in key order.
     pub fn closed(&self) -> impl Iterator<Item = (&ClosedKey, &(EpisodeKind, EpisodeRecord))> {
-        self.closed.iter()
+        self.closed.iter().map(|(key, kinded)| (key, &**kinded))
     }
 
     /// The closed episode under `key`, if it closed since the last seal.
     pub fn closed_at(&self, key: &ClosedKey) -> Option<&EpisodeRecord> {
-        self.closed.get(key).map(|(_, e)| e)
+        self.closed.get(key).map(|kinded| &kinded.1)
     }
 
     /// The open episodes of `kind`.
@@ -313,7 +318,7 @@ impl Tail {
         let prefix = keys::episode_prefix(kind, self.instance);
         self.open
             .range(open_bound(prefix, 0)..=open_bound(prefix, 0xff))
-            .map(|(_, (_, e))| e)
+            .map(|(_, kinded)| &kinded.1)
     }
 
     /// The bytes a replaced file starts with: a checkpoint of the open set.
@@ -321,7 +326,11 @@ impl Tail {
         let entry = TailEntry {
             at: 0,
             sample: None,
-            opened: self.open.values().cloned().collect(),
+            opened: self
+                .open
+                .values()
+                .map(|kinded| (**kinded).clone())
+                .collect(),
             closed: Vec::new(),
             dropped: 0,
         };
