@@ -296,7 +296,7 @@ impl Ingestor {
         // rows were moved over from.
         let moved_from = unchanged
             .filter(|u| last_from.is_some() && last_from == u.since.map(|s| (u.stream, s)));
-        let mut alone_dims = Dimensions::default();
+        let mut alone_dims;
         let (sample, next_context) = if in_order {
             let moved = moved_from.and_then(|u| {
                 Some(Moved {
@@ -312,6 +312,7 @@ impl Ingestor {
                 user_limit: state.context.user_limit,
                 ..Default::default()
             };
+            alone_dims = Dimensions::default();
             rollup::sample(snapshot, &alone, &mut alone_dims, None)
         };
         let cache = std::mem::take(&mut state.rollups);
