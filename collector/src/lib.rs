@@ -26,7 +26,8 @@ pub use ingest::Ingestor;
 pub use query::History;
 pub use retention::Retention;
 
-use pgtrail_proto::pb::{history_server::HistoryServer, ingest_server::IngestServer};
+use pgtrail_proto::pb::history_server::HistoryServer;
+use pgtrail_proto::receive::ingest_server::IngestServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tracing::info;

@@ -8,6 +8,10 @@
 //! message lies in one piece of that buffer, so it is decoded from the
 //! slice (a `&[u8]` advances by moving a pointer) and skipped at once.
 //! The bytes on the wire are prost's either way.
+//!
+//! The collector's `Ingest` server takes each message as its bytes
+//! instead ([`ReceivedCodec`]), and decodes them itself (see
+//! [`crate::received`]).
 
 use std::marker::PhantomData;
 
@@ -16,6 +20,9 @@ use prost::Message;
 use tonic::codec::{DecodeBuf, Decoder};
 use tonic::Status;
 use tonic_prost::ProstEncoder;
+
+use crate::pb;
+use crate::received::Received;
 
 /// Encodes `T` and decodes `U` as `application/grpc+proto`.
 #[derive(Debug, Clone)]
@@ -69,5 +76,38 @@ impl<U: Message + Default> Decoder for SliceDecoder<U> {
         decoded
             .map(Some)
             .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// The collector's `Ingest` codec: answers encoded by prost, each agent
+/// message taken as it came ([`Received`]).
+#[derive(Debug, Clone, Default)]
+pub struct ReceivedCodec;
+
+impl tonic::codec::Codec for ReceivedCodec {
+    type Encode = pb::CollectorMessage;
+    type Decode = Received;
+    type Encoder = ProstEncoder<pb::CollectorMessage>;
+    type Decoder = BytesDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesDecoder
+    }
+}
+
+/// Takes a message's bytes out of the receive buffer (without copying).
+#[derive(Debug, Clone, Default)]
+pub struct BytesDecoder;
+
+impl Decoder for BytesDecoder {
+    type Item = Received;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<Received>, Status> {
+        Ok(Some(Received(buf.copy_to_bytes(buf.remaining()))))
     }
 }

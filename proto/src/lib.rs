@@ -11,6 +11,7 @@ pub mod codec;
 pub mod error;
 pub mod intern;
 pub mod model;
+pub mod received;
 pub mod time;
 pub mod unchanged;
 
@@ -20,4 +21,11 @@ pub use error::ProtocolError;
 #[allow(missing_docs, clippy::all)]
 pub mod pb {
     tonic::include_proto!("pgtrail.v1");
+}
+
+/// The collector's side of `pgtrail.v1.Ingest`, taking each message as its
+/// bytes ([`received::Received`]): the wire is that of [`pb`]'s.
+#[allow(missing_docs, clippy::all)]
+pub mod receive {
+    include!(concat!(env!("OUT_DIR"), "/pgtrail.v1.Ingest.rs"));
 }

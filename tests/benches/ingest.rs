@@ -442,10 +442,13 @@ mod raw {
     }
 }
 
-/// The receive-only floor: the collector's gRPC path without a store.
+/// The receive-only floor: the collector's gRPC path without a store
+/// (each message taken as its bytes, decoded, its rows found in them).
 mod receiver {
     use pgtrail_proto::intern::StreamDecoder;
-    use pgtrail_proto::pb::{self, ingest_server};
+    use pgtrail_proto::pb;
+    use pgtrail_proto::receive::ingest_server;
+    use pgtrail_proto::received::Received;
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::ReceiverStream;
     use tonic::{Request, Response, Status, Streaming};
@@ -472,16 +475,25 @@ mod receiver {
 
         async fn stream(
             &self,
-            request: Request<Streaming<pb::AgentMessage>>,
+            request: Request<Streaming<Received>>,
         ) -> Result<Response<Self::StreamStream>, Status> {
             let mut inbound = request.into_inner();
             let (acks, rx) = mpsc::channel(64);
             tokio::spawn(async move {
                 let mut decoder = StreamDecoder::default();
-                while let Ok(Some(message)) = inbound.message().await {
+                while let Ok(Some(received)) = inbound.message().await {
+                    let Ok(message) = received.decode() else {
+                        break;
+                    };
                     let decoded = match message.kind {
-                        Some(pb::agent_message::Kind::Snapshot(wire)) => decoder.decode(wire),
-                        Some(pb::agent_message::Kind::Delta(wire)) => decoder.decode_delta(wire),
+                        Some(pb::agent_message::Kind::Snapshot(wire)) => {
+                            std::hint::black_box(received.rows(&wire));
+                            decoder.decode(wire)
+                        }
+                        Some(pb::agent_message::Kind::Delta(wire)) => {
+                            std::hint::black_box(received.rows(&wire));
+                            decoder.decode_delta(wire)
+                        }
                         _ => continue,
                     };
                     let ack = match decoded {

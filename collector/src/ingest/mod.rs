@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use pgtrail_proto::intern::Decoded;
 use pgtrail_proto::model::Snapshot;
 use pgtrail_proto::pb;
+use pgtrail_proto::received::RowBytes;
 use pgtrail_proto::time::Micros;
 use pgtrail_proto::unchanged::Unchanged;
 
@@ -133,18 +134,20 @@ impl Ingestor {
     /// Stores `snapshot` of `host` without waiting for the disk; call
     /// [`Ingestor::flush`] before acknowledging it.
     pub async fn append(&self, host: &str, snapshot: &Snapshot) -> Result<Outcome, StoreError> {
-        self.append_with(host, snapshot, None).await
+        self.append_with(host, snapshot, None, None).await
     }
 
     /// As [`Ingestor::append`], for a snapshot as it came out of a stream:
     /// the rows it moved over from the one before are not encoded again
-    /// when that one is the instance's latest stored sample.
+    /// when that one is the instance's latest stored sample, nor are the
+    /// rows `rows` holds as they came in its message.
     pub async fn append_decoded(
         &self,
         host: &str,
         decoded: &Decoded,
+        rows: Option<&RowBytes>,
     ) -> Result<Outcome, StoreError> {
-        self.append_with(host, &decoded.snapshot, Some(&decoded.unchanged))
+        self.append_with(host, &decoded.snapshot, Some(&decoded.unchanged), rows)
             .await
     }
 
@@ -153,6 +156,7 @@ impl Ingestor {
         host: &str,
         snapshot: &Snapshot,
         unchanged: Option<&Unchanged>,
+        rows: Option<&RowBytes>,
     ) -> Result<Outcome, StoreError> {
         let slot = {
             let mut states = self.states.lock().expect("not poisoned");
@@ -174,7 +178,7 @@ impl Ingestor {
                 .await
                 .expect("seal task panicked")?;
         }
-        let result = self.append_locked(state, snapshot, unchanged);
+        let result = self.append_locked(state, snapshot, unchanged, rows);
         if result.is_err() {
             // The tracker may be ahead of the store: reload it next time.
             *guard = None;
@@ -275,6 +279,7 @@ impl Ingestor {
         state: &mut InstanceState,
         snapshot: &Snapshot,
         unchanged: Option<&Unchanged>,
+        rows: Option<&RowBytes>,
     ) -> Result<Outcome, StoreError> {
         let last_from = state.last_from.take();
         let t = snapshot.sampled_at;
@@ -342,6 +347,7 @@ impl Ingestor {
             sessions: &snapshot.sessions,
             processes: &snapshot.processes,
             unchanged: moved_from,
+            received: rows,
             texts,
             facts: facts.clone(),
             rollups: both.now,

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use pgtrail_proto::intern::StreamDecoder;
-use pgtrail_proto::pb::{self, ingest_server::Ingest};
+use pgtrail_proto::pb;
+use pgtrail_proto::receive::ingest_server::Ingest;
+use pgtrail_proto::received::Received;
 use pgtrail_proto::ProtocolError;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -36,7 +38,7 @@ impl Ingest for IngestService {
 
     async fn stream(
         &self,
-        request: Request<Streaming<pb::AgentMessage>>,
+        request: Request<Streaming<Received>>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let peer = request
             .remote_addr()
@@ -57,12 +59,12 @@ impl Ingest for IngestService {
 
 async fn serve(
     ingestor: &Arc<Ingestor>,
-    inbound: &mut Streaming<pb::AgentMessage>,
+    inbound: &mut Streaming<Received>,
     acks: &mpsc::Sender<Result<pb::CollectorMessage, Status>>,
     mut stopping: watch::Receiver<bool>,
 ) -> Result<(), Status> {
     use pb::agent_message::Kind;
-    let hello = match inbound.message().await? {
+    let hello = match inbound.message().await?.as_ref().map(decode).transpose()? {
         None => return Ok(()),
         Some(pb::AgentMessage {
             kind: Some(Kind::Hello(hello)),
@@ -85,10 +87,18 @@ async fn serve(
                 next = inbound.message() => next?,
                 _ = stopping.wait_for(|stop| *stop) => None,
             };
-            let Some(message) = next else { break };
-            let decoded = match message.kind {
-                Some(Kind::Snapshot(wire)) => decoder.decode(wire)?,
-                Some(Kind::Delta(wire)) => decoder.decode_delta(wire)?,
+            let Some(received) = next else { break };
+            // Where its rows lie, paired with them before the decoder
+            // sorts them: the store keeps these bytes as they came.
+            let (decoded, rows) = match decode(&received)?.kind {
+                Some(Kind::Snapshot(wire)) => {
+                    let rows = received.rows(&wire);
+                    (decoder.decode(wire)?, rows)
+                }
+                Some(Kind::Delta(wire)) => {
+                    let rows = received.rows(&wire);
+                    (decoder.decode_delta(wire)?, rows)
+                }
                 Some(Kind::Hello(_)) => {
                     return Err(ProtocolError::Unexpected("a second hello").into())
                 }
@@ -96,7 +106,7 @@ async fn serve(
             };
             let (instance, seq) = (decoded.snapshot.instance.clone(), decoded.snapshot.seq);
             let outcome = ingestor
-                .append_decoded(&hello.host, decoded)
+                .append_decoded(&hello.host, decoded, rows.as_ref())
                 .await
                 .map_err(|e| Status::unavailable(error_chain(&e)))?;
             let ack = pb::Ack {
@@ -117,6 +127,14 @@ async fn serve(
     acked?;
     info!(host = %hello.host, agent = %hello.agent_id, "agent disconnected");
     Ok(())
+}
+
+/// The message `received` holds. One that does not parse is an internal
+/// error in gRPC's terms, as prost's own codec reports it.
+fn decode(received: &Received) -> Result<pb::AgentMessage, Status> {
+    received
+        .decode()
+        .map_err(|e| Status::internal(e.to_string()))
 }
 
 /// Acknowledges the appends of one stream, in order, once durable. One

@@ -29,14 +29,14 @@ impl SledStore {
                 .map(|(last, base)| (*last, base.clone()))
         };
         let Some((last, base)) = previous else {
-            let current = Encoded::of(a.sessions, a.processes, None);
+            let current = Encoded::of(a.sessions, a.processes, None, a.received);
             return (current.keyframe(&a.sample), current.into_base());
         };
         let reuse = a
             .unchanged
             .filter(|u| u.since == Some(last))
             .map(|u| (base.as_ref(), u));
-        let current = Encoded::of(a.sessions, a.processes, reuse);
+        let current = Encoded::of(a.sessions, a.processes, reuse, a.received);
         if last < a.sampled_at
             && Resolution::Minute.start_of(last) == Resolution::Minute.start_of(a.sampled_at)
         {

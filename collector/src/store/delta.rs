@@ -28,6 +28,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use pgtrail_proto::pb;
+use pgtrail_proto::received::RowBytes;
 use pgtrail_proto::time::Micros;
 use pgtrail_proto::unchanged::Unchanged;
 use prost::bytes::Bytes;
@@ -282,11 +283,13 @@ pub struct Encoded {
 impl Encoded {
     /// Encodes a sample's rows, in their order. With `reuse`, the rows it
     /// names as unchanged are copied from the base (whose rows they
-    /// equal), when the base has their pid.
+    /// equal), when the base has their pid; the rows `received` holds are
+    /// copied from there.
     pub fn of(
         sessions: &[pb::Session],
         processes: &[pb::Process],
         reuse: Option<(&Base, &Unchanged)>,
+        received: Option<&RowBytes>,
     ) -> Self {
         let mut bytes = Vec::with_capacity(match reuse {
             Some((base, _)) => base.0.bytes.len() + base.0.bytes.len() / 4,
@@ -296,9 +299,21 @@ impl Encoded {
             }
         });
         let reuse_sessions = reuse.map(|(b, u)| (&b.0, &b.0.sessions[..], &u.sessions[..]));
-        let sessions = encode_rows(sessions, |s| s.pid, reuse_sessions, &mut bytes);
+        let sessions = encode_rows(
+            sessions,
+            |s| s.pid,
+            reuse_sessions,
+            |pid| received.and_then(|r| r.session(pid)),
+            &mut bytes,
+        );
         let reuse_processes = reuse.map(|(b, u)| (&b.0, &b.0.processes[..], &u.processes[..]));
-        let processes = encode_rows(processes, |p| p.pid, reuse_processes, &mut bytes);
+        let processes = encode_rows(
+            processes,
+            |p| p.pid,
+            reuse_processes,
+            |pid| received.and_then(|r| r.process(pid)),
+            &mut bytes,
+        );
         Self {
             bytes,
             sessions,
@@ -330,6 +345,7 @@ impl Encoded {
 
     /// The bytes of the row of `pid` among `rows` (of `self`, sorted by
     /// pid).
+    #[cfg(test)]
     fn find(&self, rows: &[Row], pid: i32) -> Option<&[u8]> {
         let i = rows.binary_search_by_key(&pid, |r| r.pid).ok()?;
         Some(self.row(&rows[i]))
@@ -439,35 +455,88 @@ fn encode_row(pid: i32, row: &impl Message, bytes: &mut Vec<u8>) -> Row {
 
 /// Encodes `rows` into `bytes`, in their order; with `reuse` (a base, its
 /// rows of this kind, and the sorted pids of the rows that are unchanged
-/// since it), an unchanged row the base has is copied from it instead.
-fn encode_rows<M: Message>(
+/// since it), an unchanged row the base has is copied from it instead,
+/// and a row `received` has the encoding of is copied from there.
+fn encode_rows<'r, M: Message + Default + PartialEq>(
     rows: &[M],
     pid: fn(&M) -> i32,
     reuse: Option<(&Encoded, &[Row], &[i32])>,
+    received: impl Fn(i32) -> Option<&'r [u8]>,
     bytes: &mut Vec<u8>,
 ) -> Vec<Row> {
+    let mut reuse = reuse.map(|(base, base_rows, unchanged)| {
+        (
+            base,
+            Seek::new(base_rows, |r| r.pid),
+            Seek::new(unchanged, |&p| p),
+        )
+    });
     rows.iter()
         .map(|row| {
             let pid = pid(row);
-            let kept = reuse
-                .filter(|(_, _, unchanged)| unchanged.binary_search(&pid).is_ok())
-                .and_then(|(base, base_rows, _)| base.find(base_rows, pid));
-            match kept {
-                Some(kept) => copy_row(pid, kept, bytes),
+            let kept = reuse.as_mut().and_then(|(base, base_rows, unchanged)| {
+                unchanged.find(pid)?;
+                Some(base.row(base_rows.find(pid)?))
+            });
+            if let Some(kept) = kept {
+                return copy_row(pid, kept, true, bytes);
+            }
+            match received(pid) {
+                Some(came) => {
+                    debug_assert!(
+                        M::decode(came).is_ok_and(|m| &m == row),
+                        "decodes to the row"
+                    );
+                    copy_row(pid, came, false, bytes)
+                }
                 None => encode_row(pid, row, bytes),
             }
         })
         .collect()
 }
 
-/// Appends a row's bytes as they are.
-fn copy_row(pid: i32, row: &[u8], bytes: &mut Vec<u8>) -> Row {
+/// Finds pids in a list sorted by pid: walking on while they are asked for
+/// in order (a sample's rows from a stream are sorted by pid), searching
+/// when one is not.
+struct Seek<'a, T> {
+    items: &'a [T],
+    pid: fn(&T) -> i32,
+    next: usize,
+}
+
+impl<'a, T> Seek<'a, T> {
+    fn new(items: &'a [T], pid: fn(&T) -> i32) -> Self {
+        Self {
+            items,
+            pid,
+            next: 0,
+        }
+    }
+
+    fn find(&mut self, pid: i32) -> Option<&'a T> {
+        let key = self.pid;
+        if self.next > 0 && key(&self.items[self.next - 1]) >= pid {
+            self.next = self.items.partition_point(|t| key(t) < pid);
+        } else {
+            while self.items.get(self.next).is_some_and(|t| key(t) < pid) {
+                self.next += 1;
+            }
+        }
+        let found = self.items.get(self.next).filter(|t| key(t) == pid)?;
+        self.next += 1;
+        Some(found)
+    }
+}
+
+/// Appends a row's bytes as they are; `copied` when they are the base's
+/// row of the same pid.
+fn copy_row(pid: i32, row: &[u8], copied: bool, bytes: &mut Vec<u8>) -> Row {
     let start = bytes.len();
     bytes.extend_from_slice(row);
     Row {
         pid,
         bytes: start..bytes.len(),
-        copied: true,
+        copied,
     }
 }
 
@@ -507,6 +576,21 @@ fn header(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seek_finds_what_a_search_finds_in_any_order() {
+        let pids = [2, 3, 5, 8, 13, 21];
+        let asked = [1, 2, 3, 4, 5, 13, 13, 2, 21, 22, 8, 0, 21];
+        let mut seek = Seek::new(&pids, |&p| p);
+        for pid in asked {
+            assert_eq!(
+                seek.find(pid).copied(),
+                pids.binary_search(&pid).ok().map(|i| pids[i]),
+                "pid {pid}"
+            );
+        }
+        assert_eq!(Seek::new(&[] as &[i32], |&p| p).find(1), None);
+    }
     use crate::store::testing::{Population, Rng};
 
     fn idle(pid: i32, state: &str) -> pb::Session {
@@ -536,15 +620,15 @@ mod tests {
     }
 
     fn keyframe(a: &StoredSample) -> Vec<u8> {
-        Encoded::of(&a.sessions, &a.processes, None).keyframe(a)
+        Encoded::of(&a.sessions, &a.processes, None, None).keyframe(a)
     }
 
     /// `b` stored against `a` (taken at 100).
     fn delta(a: &StoredSample, b: &StoredSample) -> Vec<u8> {
-        let base = Encoded::of(&a.sessions, &a.processes, None).into_base();
+        let base = Encoded::of(&a.sessions, &a.processes, None, None).into_base();
         base.delta(
             100,
-            &Encoded::of(&b.sessions, &b.processes, None).into_base(),
+            &Encoded::of(&b.sessions, &b.processes, None, None).into_base(),
             b,
         )
     }
@@ -769,15 +853,15 @@ mod tests {
     #[test]
     fn rows_named_unchanged_are_copied_from_the_base() {
         let a = full(vec![idle(1, "idle"), idle(2, "idle")], vec![rss(1, 10)]);
-        let base = Encoded::of(&a.sessions, &a.processes, None).into_base();
+        let base = Encoded::of(&a.sessions, &a.processes, None, None).into_base();
         let all = Unchanged {
             since: Some(100),
             sessions: vec![1, 2],
             processes: vec![1],
             ..Default::default()
         };
-        let fresh = Encoded::of(&a.sessions, &a.processes, None);
-        let reused = Encoded::of(&a.sessions, &a.processes, Some((&base, &all)));
+        let fresh = Encoded::of(&a.sessions, &a.processes, None, None);
+        let reused = Encoded::of(&a.sessions, &a.processes, Some((&base, &all)), None);
         assert_eq!(reused.bytes, fresh.bytes);
         let places =
             |rows: &[Row]| -> Vec<_> { rows.iter().map(|r| (r.pid, r.bytes.clone())).collect() };
@@ -795,7 +879,7 @@ mod tests {
             sessions: vec![1, 3],
             ..all
         };
-        let got = Encoded::of(&b.sessions, &b.processes, Some((&base, &some))).into_base();
+        let got = Encoded::of(&b.sessions, &b.processes, Some((&base, &some)), None).into_base();
         let decoded = |pid| pb::Session::decode(got.0.find(&got.0.sessions, pid).unwrap()).unwrap();
         assert_eq!(decoded(1), a.sessions[0], "copied");
         assert_eq!(decoded(2), b.sessions[1], "encoded");

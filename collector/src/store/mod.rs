@@ -106,6 +106,7 @@ pub use self::sled::SledStore;
 use std::collections::HashMap;
 
 use pgtrail_proto::pb;
+use pgtrail_proto::received::RowBytes;
 use pgtrail_proto::time::Micros;
 use pgtrail_proto::unchanged::Unchanged;
 use thiserror::Error;
@@ -199,6 +200,9 @@ pub struct Append<'a> {
     /// only when the sample at `since` it stored last is the very one the
     /// rows were moved over from.
     pub unchanged: Option<&'a Unchanged>,
+    /// The encodings of rows as they came in the sample's message (each
+    /// decodes to the row of its pid): stored as they are.
+    pub received: Option<&'a RowBytes>,
     /// Query texts the sample refers to (written when absent).
     pub texts: Vec<(u64, std::sync::Arc<str>)>,
     /// The facts, when they differ from the latest stored.
