@@ -78,8 +78,9 @@ struct RowAt {
 impl SentRows {
     /// Splits `rows`, a snapshot of `instance`'s sessions and processes as
     /// fields 7 and 8 of a `pb::Snapshot` (as `prost` writes them), into
-    /// what goes in full and the pids of the rest, and remembers them as
-    /// the rows last sent.
+    /// what goes in full and the pids of the rest, both in pid order (the
+    /// order a receiver keeps rows in), and remembers them as the rows
+    /// last sent.
     /// Bytes that are not such fields are refused, and the instance's rows
     /// forgotten (whatever is sent instead, the next goes whole).
     pub fn split(&mut self, instance: &str, rows: &Bytes) -> Result<Split, ProtocolError> {
@@ -99,7 +100,11 @@ impl SentRows {
         };
         let mut split = Split::default();
         let mut changed = Vec::with_capacity(rows.len());
-        for row in &at {
+        // In pid order, as the receiver keeps rows: it sorts only what
+        // does not come so (the sorting is done here, on the agent's host).
+        let mut order: Vec<&RowAt> = at.iter().collect();
+        order.sort_by_key(|row| (row.tag, row.pid));
+        for row in order {
             let (before, twice, unchanged) = match row.tag {
                 SESSIONS => (&last.sessions, &twice_s, &mut split.unchanged_sessions),
                 _ => (&last.processes, &twice_p, &mut split.unchanged_processes),
@@ -244,7 +249,9 @@ pub fn restore<M: Default>(
     if unchanged.is_empty() {
         return Ok(());
     }
-    unchanged.sort_unstable();
+    if !unchanged.is_sorted() {
+        unchanged.sort_unstable();
+    }
     let missing = |p: i32| ProtocolError::Invalid {
         field,
         reason: format!("pid {p} was not in the previous snapshot of the instance, or came twice"),
@@ -427,6 +434,36 @@ mod tests {
             "nothing changed"
         );
         assert_eq!(got, second);
+    }
+
+    #[test]
+    fn rows_and_unchanged_pids_are_sent_in_pid_order() {
+        let mut tx = SentRows::default();
+        let rows = |order: &[i32], active: i32| {
+            snapshot(
+                "main",
+                order
+                    .iter()
+                    .map(|&p| session(p, if p == active { "active" } else { "idle" }))
+                    .collect(),
+                order.iter().map(|&p| process(p, 0)).collect(),
+            )
+        };
+        let mut first = rows(&[30, 10, 20, 10], 0);
+        assert!(!tx.strip(&mut first));
+        let pids = |rows: &[pb::Session]| rows.iter().map(|s| s.pid).collect::<Vec<_>>();
+        assert_eq!(
+            pids(&first.sessions),
+            [10, 10, 20, 30],
+            "equal pids keep their order"
+        );
+        let mut second = rows(&[40, 30, 20, 5], 30);
+        assert!(tx.strip(&mut second));
+        assert_eq!(pids(&second.sessions), [5, 30, 40]);
+        assert_eq!(second.unchanged_sessions, [20]);
+        let procs: Vec<i32> = second.processes.iter().map(|p| p.pid).collect();
+        assert_eq!(procs, [5, 40]);
+        assert_eq!(second.unchanged_processes, [20, 30]);
     }
 
     #[test]

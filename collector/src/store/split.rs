@@ -14,7 +14,7 @@ use super::compress;
 use super::records::Rollup;
 
 /// zstd's level for a rollup's maps: written once a minute per instance.
-const MAPS_LEVEL: i32 = 6;
+const MAPS_LEVEL: i32 = 3;
 
 /// The fields of a [`Rollup`] kept in `rollup_maps` rather than
 /// `rollups`: the per-dimension maxima and the wait-event counts, most of
