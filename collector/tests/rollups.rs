@@ -158,3 +158,108 @@ async fn after_a_crash_the_open_rollups_are_rebuilt_from_what_was_stored() {
     );
     assert_eq!((a.1.samples, b.1.samples), (70, 70));
 }
+
+/// A snapshot at `T0 + i` seconds of `n` sessions per (user, client
+/// address): of every three, one waits on a lock running one of two
+/// queries, one waits on what is also written "Lock:tuple" (its type
+/// alone), one is idle.
+fn crowd_sample(i: i64, groups: &[(&str, &str, usize)]) -> Snapshot {
+    let mut s = Snapshot {
+        instance: "5432".into(),
+        seq: i as u64 + 1,
+        sampled_at: T0 + i * SECOND,
+        ..Default::default()
+    };
+    for &(user, addr, n) in groups {
+        for _ in 0..n {
+            let k = s.sessions.len();
+            let (state, kind, event, query) = match k % 3 {
+                0 => ("active", Some("Lock"), Some("tuple"), Some(k as u64 % 2)),
+                1 => ("active", Some("Lock:tuple"), None, None),
+                _ => ("idle", None, None, None),
+            };
+            s.sessions.push(pb::Session {
+                pid: 100 + k as i32,
+                backend_type: "client backend".into(),
+                backend_start_us: Some(T0 - SECOND),
+                user: Some(user.into()),
+                client_addr: Some(addr.into()),
+                state: Some(state.into()),
+                wait_event_type: kind.map(Into::into),
+                wait_event: event.map(Into::into),
+                query_id: query,
+                ..Default::default()
+            });
+        }
+    }
+    s
+}
+
+#[tokio::test]
+async fn maxima_and_waits_are_those_of_the_samples_renumbered_late_or_twice() {
+    use pgtrail_collector::ingest::rollup::{merge, sample_rollup, Context};
+
+    // Enough client addresses at 1 that the ingestor numbers values anew
+    // from 2 on, where the first numbers name other values than before.
+    let addrs: Vec<String> = (0..10_001).map(|k| format!("10.{k}")).collect();
+    let mut crowd = vec![("big", "local", 5)];
+    crowd.extend(addrs.iter().map(|a| ("big", a.as_str(), 1)));
+    let sent = [
+        crowd_sample(0, &[("big", "local", 5)]),
+        crowd_sample(1, &crowd),
+        crowd_sample(2, &[("small", "elsewhere", 2)]),
+        crowd_sample(4, &[("small", "local", 3)]),
+        // Late, then again.
+        crowd_sample(3, &[("big", "local", 1), ("late", "local", 7)]),
+        crowd_sample(3, &[("big", "local", 1), ("late", "local", 7)]),
+        crowd_sample(5, &[("small", "local", 1), ("late", "x", 1)]),
+        crowd_sample(61, &[("big", "local", 2)]),
+        crowd_sample(62, &[("small", "local", 4), ("big", "local", 1)]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let ingestor = Ingestor::new(store.clone());
+    for s in &sent {
+        ingestor.ingest("db", s).await.unwrap();
+    }
+    ingestor.close().await.unwrap();
+
+    // Each sample's own rollup: its maxima and waits need no sample before.
+    let expected = |from: Micros, to: Micros| {
+        let mut r = Rollup::default();
+        for s in sent.iter().take(5).chain(&sent[6..]) {
+            if (from..=to).contains(&s.sampled_at) {
+                merge(&mut r, &sample_rollup(s, &Context::default()).0);
+            }
+        }
+        r
+    };
+    let (minutes, hour) = rollups(store.as_ref());
+    assert_eq!(minutes.len(), 2);
+    let wanted = [
+        (minutes[0].1.clone(), expected(T0, T0 + MINUTE - 1)),
+        (minutes[1].1.clone(), expected(T0 + MINUTE, T0 + 2 * MINUTE)),
+        (hour, expected(T0, T0 + 3_599 * SECOND)),
+    ];
+    for (i, (got, want)) in wanted.iter().enumerate() {
+        let peak = |r: &Rollup| {
+            (
+                r.samples,
+                r.max_total,
+                r.max_at_us,
+                r.by_state_at_max.clone(),
+            )
+        };
+        assert_eq!(peak(got), peak(want), "rollup {i}");
+        assert!(got.maxima == want.maxima, "maxima of rollup {i}");
+        assert_eq!(got.waits, want.waits, "rollup {i}");
+        assert_eq!(got.wait_queries, want.wait_queries, "rollup {i}");
+    }
+    let first = &wanted[0].0;
+    assert_eq!(first.samples, 6);
+    assert_eq!(first.maxima["user\tsmall"].value, 3);
+    assert_eq!(first.maxima["client\telsewhere"].value, 2);
+    assert_eq!(first.maxima["user\tlate"].value, 7);
+    // Two of every three sessions, at 0, 1, 2, 4, 3 and 5.
+    assert_eq!(first.waits["Lock:tuple"], 4 + 6_671 + 2 + 2 + 6 + 2);
+}

@@ -7,6 +7,13 @@
 //! a session that a `delta` moved over unchanged (its row is the very row
 //! of the sample before, see [`pgtrail_proto::unchanged`]) takes its
 //! numbers from there: only sessions that changed are looked up.
+//!
+//! A number names one value only within its [`Numbering`]: each
+//! `Dimensions` has its own, and takes a new one when it starts over, so
+//! what is kept by number elsewhere (see [`super::seen`]) knows when to
+//! forget.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use foldhash::HashMap;
 
@@ -24,7 +31,7 @@ pub const UNKNOWN: &str = "unknown";
 
 /// Values numbered per dimension before all are forgotten and numbering
 /// starts over (clients that come and go from ever new addresses).
-const MAX_VALUES: usize = 10_000;
+pub const MAX_VALUES: usize = 10_000;
 
 /// The value of a session along `DIMENSIONS[d]`, borrowed from it.
 pub fn dimension_str(d: usize, s: &pb::Session) -> &str {
@@ -41,6 +48,31 @@ pub fn dimension_str(d: usize, s: &pb::Session) -> &str {
 /// A session's value numbers, one per dimension.
 type Ids = [u32; DIMENSIONS.len()];
 
+/// Which numbering value numbers belong to: a new one, unlike any other in
+/// the process, for every [`Dimensions`] and every time one starts over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Numbering(u64);
+
+impl Default for Numbering {
+    fn default() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// Client sessions counted along one dimension with one value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Count<'a> {
+    /// The dimension, an index into [`DIMENSIONS`].
+    pub dimension: usize,
+    /// The value's number along it.
+    pub id: u32,
+    /// The value.
+    pub value: &'a str,
+    /// Sessions with that value.
+    pub sessions: u32,
+}
+
 /// One instance's numbered values, and its last sample's sessions.
 #[derive(Debug, Default)]
 pub struct Dimensions {
@@ -54,6 +86,8 @@ pub struct Dimensions {
     last_at: Option<Micros>,
     /// Per dimension, sessions by number (all zero between samples).
     counts: [Vec<u32>; DIMENSIONS.len()],
+    /// What the numbers above belong to.
+    numbering: Numbering,
 }
 
 /// The sessions of a sample moved over unchanged from the one before it.
@@ -67,16 +101,16 @@ pub struct Moved<'a> {
 
 impl Dimensions {
     /// Counts the client sessions of the sample at `at` along every
-    /// dimension: (dimension, value, sessions), the values borrowed from
-    /// `self`. `moved` names sessions whose rows are those of the sample
-    /// before (taken at `moved.since`); they are not looked up when that is
-    /// the sample counted last.
+    /// dimension, the values borrowed from `self`, and says which
+    /// numbering their numbers belong to. `moved` names sessions whose rows
+    /// are those of the sample before (taken at `moved.since`); they are
+    /// not looked up when that is the sample counted last.
     pub fn count<'a, 's>(
         &'a mut self,
         at: Micros,
         sessions: impl Iterator<Item = &'s pb::Session>,
         moved: Option<Moved<'_>>,
-    ) -> Vec<(usize, &'a str, u32)> {
+    ) -> (Numbering, Vec<Count<'a>>) {
         if self.values.iter().any(|v| v.len() > MAX_VALUES) {
             *self = Self::default();
         }
@@ -127,10 +161,16 @@ impl Dimensions {
             counted.push((d, id, n));
         }
         let this: &'a Self = self;
-        counted
+        let counts = counted
             .into_iter()
-            .map(|(d, id, n)| (d, this.values[d][id as usize].as_str(), n))
-            .collect()
+            .map(|(dimension, id, sessions)| Count {
+                dimension,
+                id,
+                value: this.values[dimension][id as usize].as_str(),
+                sessions,
+            })
+            .collect();
+        (this.numbering, counts)
     }
 
     /// The number of `value` along dimension `d`.
@@ -159,12 +199,13 @@ mod tests {
         }
     }
 
-    fn sorted(mut counts: Vec<(usize, &str, u32)>) -> Vec<(usize, String, u32)> {
+    fn sorted((_, counts): (Numbering, Vec<Count<'_>>)) -> Vec<(usize, String, u32)> {
+        let mut counts: Vec<_> = counts
+            .into_iter()
+            .map(|c| (c.dimension, c.value.to_string(), c.sessions))
+            .collect();
         counts.sort();
         counts
-            .into_iter()
-            .map(|(d, v, n)| (d, v.to_string(), n))
-            .collect()
     }
 
     #[test]
@@ -226,13 +267,17 @@ mod tests {
     #[test]
     fn starts_over_when_a_dimension_has_too_many_values() {
         let mut dims = Dimensions::default();
+        let first = dims.numbering;
         for i in 0..=MAX_VALUES {
             let mut s = session(1, "idle", "app");
             s.client_addr = Some(format!("10.1.{}.{}", i / 256, i % 256));
-            dims.count(i as Micros, [s].iter(), None);
+            let (numbering, _) = dims.count(i as Micros, [s].iter(), None);
+            assert_eq!(numbering, first, "one numbering until it starts over");
         }
         assert!(dims.values[4].len() > MAX_VALUES);
-        dims.count(1 << 40, [session(1, "idle", "app")].iter(), None);
+        let (numbering, _) = dims.count(1 << 40, [session(1, "idle", "app")].iter(), None);
+        assert_ne!(numbering, first, "numbers now name other values");
+        assert_ne!(numbering, Dimensions::default().numbering);
         assert_eq!(dims.values[4].len(), 1, "forgotten, then the one value");
     }
 }

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod longest;
 mod open_set;
 pub mod rollup;
+mod seen;
 
 pub use open_set::Changes;
 
@@ -29,6 +30,7 @@ use pgtrail_proto::unchanged::Unchanged;
 use self::episodes::{SessionEpisodes, SESSION_KINDS};
 use self::instance::InstanceEpisodes;
 use self::rollup::{Context, Dimensions, Moved};
+use self::seen::Seen;
 use crate::store::{
     Append, EpisodeKind, EpisodeRecord, InstanceId, Resolution, Rollup, SharedRollup, Store,
     StoreError, StoredSample,
@@ -69,6 +71,8 @@ struct InstanceState {
     /// The current minute and hour as the last in-order sample left them,
     /// shared with the store, which keeps them open.
     rollups: Shared,
+    /// What is known of their maxima (minute's, hour's).
+    seen: [Seen; 2],
 }
 
 /// How many stored text ids an instance remembers.
@@ -217,6 +221,7 @@ impl Ingestor {
             facts,
             stored_texts: HashSet::new(),
             rollups,
+            seen: Default::default(),
         })
     }
 
@@ -253,7 +258,7 @@ impl Ingestor {
         for (t, sample) in samples {
             let snapshot = rollup::stored_snapshot(t, sample);
             let (sample, next) = rollup::sample(&snapshot, &context, &mut dims, None);
-            rollup::fold_into_minute(&mut minute, &sample);
+            rollup::fold_into_minute(&mut minute, &sample, None);
             context = next;
         }
         let mut rebuilt = Rollup::default();
@@ -321,7 +326,8 @@ impl Ingestor {
             rollup::sample(snapshot, &alone, &mut alone_dims, None)
         };
         let cache = std::mem::take(&mut state.rollups);
-        let (rollups, open_rollups) = self.fold_rollups(state.id, cache, t, &sample, in_order)?;
+        let seen = in_order.then_some(&mut state.seen);
+        let (rollups, open_rollups) = self.fold_rollups(state.id, cache, t, &sample, seen)?;
         let mut changes = Changes::default();
         if in_order {
             changes.extend(state.sessions.observe(snapshot));
@@ -396,16 +402,17 @@ impl Ingestor {
     /// (written now) and writes the hour as it stood: stored hours then
     /// always cover whole stored minutes.
     ///
-    /// In order, the sample is folded in place into the rollups the store
-    /// keeps open (shared with it), so nothing is copied or encoded per
-    /// sample; a late sample is folded into copies.
+    /// In order (`seen` given: what is known of the open rollups' maxima),
+    /// the sample is folded in place into the rollups the store keeps open
+    /// (shared with it), so nothing is copied or encoded per sample; a late
+    /// sample is folded into copies.
     fn fold_rollups(
         &self,
         id: InstanceId,
         mut cache: Shared,
         t: Micros,
         sample: &rollup::Sample<'_>,
-        in_order: bool,
+        seen: Option<&mut [Seen; 2]>,
     ) -> Result<(Rollups, Shared), StoreError> {
         let minute_start = Resolution::Minute.start_of(t);
         let hour_start = Resolution::Hour.start_of(t);
@@ -426,22 +433,27 @@ impl Ingestor {
         };
         let minute = current(Resolution::Minute, minute_start)?;
         let hour = current(Resolution::Hour, hour_start)?;
-        if !in_order {
+        let Some([minute_seen, hour_seen]) = seen else {
             let (mut minute, mut hour) = (minute.get(), hour.get());
-            fold(&mut minute, &mut hour, sample);
+            fold(&mut minute, &mut hour, sample, [None, None]);
             let now = vec![
                 (Resolution::Minute, minute_start, minute),
                 (Resolution::Hour, hour_start, hour),
             ];
             return Ok((now, Vec::new()));
-        }
+        };
         let mut now = Vec::new();
         {
             let (mut m, mut h) = (minute.lock(), hour.lock());
             if new_minute && h.samples > 0 {
                 now.push((Resolution::Hour, hour_start, h.clone()));
             }
-            fold(&mut m, &mut h, sample);
+            let numbering = sample.numbering();
+            let seen = [
+                Some(minute_seen.of(&minute, numbering)),
+                Some(hour_seen.of(&hour, numbering)),
+            ];
+            fold(&mut m, &mut h, sample, seen);
         }
         // What is left in the cache is a minute or hour this sample left.
         now.extend(
@@ -512,14 +524,20 @@ fn shared(rollups: Rollups) -> Shared {
         .collect()
 }
 
-/// Folds a sample into its minute's rollup and its hour's.
-fn fold(minute: &mut Rollup, hour: &mut Rollup, sample: &rollup::Sample<'_>) {
-    rollup::fold_into_minute(minute, sample);
+/// Folds a sample into its minute's rollup and its hour's, with what is
+/// known of their maxima (see [`rollup::Sample::fold_into`]).
+fn fold(
+    minute: &mut Rollup,
+    hour: &mut Rollup,
+    sample: &rollup::Sample<'_>,
+    [minute_seen, hour_seen]: [Option<&mut Seen>; 2],
+) {
+    rollup::fold_into_minute(minute, sample, minute_seen);
     if hour.samples == 0 {
         // A new hour: its list of longest episodes starts complete.
         hour.longest_tracked = true;
     }
-    sample.fold_into(hour);
+    sample.fold_into(hour, hour_seen);
     hour.max_started_per_minute = hour
         .max_started_per_minute
         .max(minute.max_started_per_minute);

@@ -16,8 +16,9 @@ use pgtrail_proto::model::{Snapshot, CLIENT_BACKEND};
 use pgtrail_proto::pb;
 use pgtrail_proto::time::{Micros, SECOND};
 
-use super::dimensions::STATE;
+use super::dimensions::{Count, Numbering, STATE};
 pub use super::dimensions::{Dimensions, Moved, DIMENSIONS, UNKNOWN};
+use super::seen::Seen;
 use crate::store::{Max, PeakRollup, Rollup, StoredSample};
 
 /// A gap between samples longer than this is an outage, not covered time.
@@ -96,7 +97,9 @@ pub struct Sample<'a> {
     /// Client sessions.
     total: u32,
     /// Client sessions by (dimension, value).
-    counts: Vec<(usize, &'a str, u32)>,
+    counts: Vec<Count<'a>>,
+    /// What the values' numbers in `counts` belong to.
+    numbering: Numbering,
     covered_us: Micros,
     above_80_us: Micros,
     above_95_us: Micros,
@@ -105,6 +108,9 @@ pub struct Sample<'a> {
     lifetimes: [u64; LIFETIME_BOUNDS.len() + 1],
     /// Active sessions by wait event and query.
     waits: FastMap<ActiveIn<'a>, u64>,
+    /// Active sessions by wait event (type, event): `waits` summed over
+    /// queries, so a rollup's `waits` is looked up once per event.
+    events: FastMap<(Option<&'a str>, Option<&'a str>), u64>,
     rss_total: u64,
     pss_total: Option<u64>,
     autovacuum_workers: u32,
@@ -129,7 +135,7 @@ pub fn sample<'a>(
             .filter(|s| s.backend_type == CLIENT_BACKEND)
     };
     // Count by borrowed values: a key is owned only by a rollup new to it.
-    let counts = dims.count(t, clients(), moved);
+    let (numbering, counts) = dims.count(t, clients(), moved);
     let mut now: Vec<(i32, Option<Micros>)> =
         clients().map(|s| (s.pid, s.backend_start_us)).collect();
     let total = now.len() as u32;
@@ -141,6 +147,7 @@ pub fn sample<'a>(
         at: t,
         total,
         counts,
+        numbering,
         covered_us: 0,
         above_80_us: 0,
         above_95_us: 0,
@@ -148,6 +155,7 @@ pub fn sample<'a>(
         sessions_started: None,
         lifetimes: [0; LIFETIME_BOUNDS.len() + 1],
         waits: FastMap::new(),
+        events: FastMap::new(),
         rss_total: 0,
         pss_total: None,
         autovacuum_workers: 0,
@@ -201,6 +209,9 @@ pub fn sample<'a>(
             .waits
             .entry((event.0, event.1, s.query_id))
             .or_insert(0) += 1;
+    }
+    for (&(kind, event, _), &n) in &sample.waits {
+        *sample.events.entry((kind, event)).or_insert(0) += n;
     }
 
     // Memory and autovacuum.
@@ -260,8 +271,17 @@ fn sorted_difference<'a>(
 }
 
 impl Sample<'_> {
+    /// What the numbers of this sample's values belong to.
+    pub fn numbering(&self) -> Numbering {
+        self.numbering
+    }
+
     /// Folds this sample into `r`, as [`merge`] would fold its rollup.
-    pub fn fold_into(&self, r: &mut Rollup) {
+    /// `seen`, when given, is what is known of `r`'s maxima ([`Seen::of`]
+    /// `r` and this sample's numbering): a count it says cannot beat the
+    /// maximum `r` holds is not looked up, and what is looked up is noted
+    /// there.
+    pub fn fold_into(&self, r: &mut Rollup, mut seen: Option<&mut Seen>) {
         let t = self.at;
         if r.samples == 0
             || self.total > r.max_total
@@ -270,27 +290,40 @@ impl Sample<'_> {
             r.max_total = self.total;
             r.max_at_us = t;
             r.by_state_at_max.clear();
-            for &(d, value, n) in &self.counts {
-                if d == STATE {
-                    r.by_state_at_max.insert(value.to_string(), n);
+            for c in &self.counts {
+                if c.dimension == STATE {
+                    r.by_state_at_max.insert(c.value.to_string(), c.sessions);
                 }
             }
         }
         r.samples += 1;
         let mut key = String::with_capacity(64);
-        for &(d, value, n) in &self.counts {
+        for c in &self.counts {
             let max = Max {
-                value: u64::from(n),
+                value: u64::from(c.sessions),
                 at_us: t,
             };
+            let known = seen.as_deref().and_then(|s| s.get(c.dimension, c.id));
+            if known.is_some_and(|x| better(x, &max)) {
+                // What `r` holds is as good as `x`, so better than `max`.
+                continue;
+            }
             key.clear();
-            push_maxima_key(&mut key, DIMENSIONS[d], value);
-            match r.maxima.get_mut(key.as_str()) {
-                Some(x) if better(x, &max) => {}
-                Some(x) => *x = max,
+            push_maxima_key(&mut key, DIMENSIONS[c.dimension], c.value);
+            let held = match r.maxima.get_mut(key.as_str()) {
+                Some(x) => {
+                    if !better(x, &max) {
+                        *x = max;
+                    }
+                    *x
+                }
                 None => {
                     r.maxima.insert(key.clone(), max);
+                    max
                 }
+            };
+            if let Some(s) = seen.as_deref_mut() {
+                s.note(c.dimension, c.id, held);
             }
         }
         r.covered_us += self.covered_us;
@@ -302,15 +335,16 @@ impl Sample<'_> {
         r.max_started_per_minute = r.max_started_per_minute.max(started);
         add_lifetimes(&mut r.lifetimes, &self.lifetimes);
         for (&(kind, event, query), &n) in &self.waits {
+            let Some(q) = query else { continue };
             key.clear();
             push_wait_key(&mut key, kind, event);
-            if let Some(q) = query {
-                let len = key.len();
-                key.push('\t');
-                push_hex(&mut key, q);
-                add_count(&mut r.wait_queries, &key, n);
-                key.truncate(len);
-            }
+            key.push('\t');
+            push_hex(&mut key, q);
+            add_count(&mut r.wait_queries, &key, n);
+        }
+        for (&(kind, event), &n) in &self.events {
+            key.clear();
+            push_wait_key(&mut key, kind, event);
             add_count(&mut r.waits, &key, n);
         }
         let at = |value| Some(Max { value, at_us: t });
@@ -322,7 +356,7 @@ impl Sample<'_> {
     /// This sample's rollup on its own.
     pub fn rollup(&self) -> Rollup {
         let mut r = Rollup::default();
-        self.fold_into(&mut r);
+        self.fold_into(&mut r, None);
         r
     }
 }
@@ -457,8 +491,8 @@ pub fn stored_sample_rollup(t: Micros, sample: StoredSample, ctx: &Context) -> (
 
 /// Folds a sample into its minute's rollup: as [`Sample::fold_into`], and
 /// the minute's sessions-started count is its own total.
-pub fn fold_into_minute(minute: &mut Rollup, sample: &Sample<'_>) {
-    sample.fold_into(minute);
+pub fn fold_into_minute(minute: &mut Rollup, sample: &Sample<'_>, seen: Option<&mut Seen>) {
+    sample.fold_into(minute, seen);
     minute.max_started_per_minute = started(minute);
 }
 
@@ -606,7 +640,7 @@ mod tests {
         let mut dims = Dimensions::default();
         for s in &snaps {
             let (sample, next) = sample(s, &ctx, &mut dims, None);
-            sample.fold_into(&mut folded);
+            sample.fold_into(&mut folded, None);
             merge(&mut merged, &sample.rollup());
             ctx = next;
         }

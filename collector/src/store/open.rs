@@ -38,6 +38,11 @@ impl SharedRollup {
     pub fn get(&self) -> Rollup {
         self.lock().clone()
     }
+
+    /// Whether `other` shares this very rollup (not merely an equal one).
+    pub fn is(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// One open rollup: its stretch's start and the rollup.
