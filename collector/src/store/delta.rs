@@ -498,14 +498,14 @@ fn encode_rows<'r, M: Message + Default + PartialEq>(
 /// Finds pids in a list sorted by pid: walking on while they are asked for
 /// in order (a sample's rows from a stream are sorted by pid), searching
 /// when one is not.
-struct Seek<'a, T> {
+struct Seek<'a, T, F> {
     items: &'a [T],
-    pid: fn(&T) -> i32,
+    pid: F,
     next: usize,
 }
 
-impl<'a, T> Seek<'a, T> {
-    fn new(items: &'a [T], pid: fn(&T) -> i32) -> Self {
+impl<'a, T, F: Fn(&T) -> i32> Seek<'a, T, F> {
+    fn new(items: &'a [T], pid: F) -> Self {
         Self {
             items,
             pid,
@@ -513,8 +513,9 @@ impl<'a, T> Seek<'a, T> {
         }
     }
 
+    #[inline]
     fn find(&mut self, pid: i32) -> Option<&'a T> {
-        let key = self.pid;
+        let key = &self.pid;
         if self.next > 0 && key(&self.items[self.next - 1]) >= pid {
             self.next = self.items.partition_point(|t| key(t) < pid);
         } else {

@@ -85,7 +85,7 @@ pub fn write(
     literal: Literal,
     out: &mut Vec<u8>,
 ) -> Result<(), PatchError> {
-    encode_varint(pid as i64 as u64, out);
+    put_varint(pid as i64 as u64, out);
     let (mut old, mut now) = (Groups::new(base), Groups::new(new));
     loop {
         if skip_same(&mut old, &mut now)? {
@@ -104,8 +104,8 @@ pub fn write(
             }
             (Some(a), b) if b.is_none_or(|b| a < b) => {
                 let gone = old.take()?;
-                encode_varint(key(gone.tag, gone.wire_type), out);
-                encode_varint(0, out);
+                put_varint(key(gone.tag, gone.wire_type), out);
+                put_varint(0, out);
             }
             _ => {
                 let added = now.take()?;
@@ -178,14 +178,14 @@ pub fn apply(
         match before.and_then(|g| old.single_varint(&g)) {
             Some(value) if n == 1 && wire_type == VARINT && differenced(literal, tag) => {
                 let difference = unzigzag(varint(fields, &mut pos)?);
-                encode_varint(key(tag, wire_type), out);
-                encode_varint(value.wrapping_add(difference), out);
+                put_varint(key(tag, wire_type), out);
+                put_varint(value.wrapping_add(difference), out);
             }
             _ => {
                 for _ in 0..n {
                     let start = pos;
                     skip(fields, &mut pos, tag, wire_type)?;
-                    encode_varint(key(tag, wire_type), out);
+                    put_varint(key(tag, wire_type), out);
                     out.extend_from_slice(&fields[start..pos]);
                 }
             }
@@ -402,10 +402,10 @@ impl<'a> Groups<'a> {
         if new.mixed {
             return Err(PatchError::MixedWireTypes(new.tag));
         }
-        encode_varint(key(new.tag, new.wire_type), out);
-        encode_varint(new.count, out);
+        put_varint(key(new.tag, new.wire_type), out);
+        put_varint(new.count, out);
         match (base_value, self.single_varint(new)) {
-            (Some(old), Some(value)) => encode_varint(zigzag(value.wrapping_sub(old)), out),
+            (Some(old), Some(value)) => put_varint(zigzag(value.wrapping_sub(old)), out),
             _ => {
                 let mut pos = new.start;
                 while pos < new.end {
@@ -498,6 +498,17 @@ fn shared_prefix(a: &[u8], b: &[u8]) -> usize {
         i += 1;
     }
     i
+}
+
+/// Appends `value` as a varint, as prost's `encode_varint` does, the one
+/// byte of most keys, counts and differences without a call.
+#[inline(always)]
+fn put_varint(value: u64, out: &mut Vec<u8>) {
+    if value < 0x80 {
+        out.push(value as u8);
+    } else {
+        encode_varint(value, out);
+    }
 }
 
 fn key(tag: u32, wire_type: u8) -> u64 {
