@@ -26,7 +26,7 @@ use std::collections::HashMap;
 
 use prost::Message;
 
-use super::identities::{Identities, IdentityRecord, NewIdentity};
+use super::identities::{Identities, IdentityRecord, IdentityRef, NewIdentity};
 use super::records::{BlockerRecord, EpisodeRecord, EpisodeSpan};
 use super::sled::decode;
 use super::StoreError;
@@ -123,26 +123,26 @@ fn abs(d: i64, base: i64) -> i64 {
 /// stored are pushed to `new`, for the same transaction to write.
 pub fn encode(e: &EpisodeRecord, ids: &Identities, new: &mut Vec<NewIdentity>) -> Vec<u8> {
     let started = e.started_us;
-    let identity = IdentityRecord {
-        user: e.user.clone(),
-        database: e.database.clone(),
-        application_name: e.application_name.clone(),
-        client_addr: e.client_addr.clone(),
-        backend_type: e.backend_type.clone(),
+    let identity = IdentityRef {
+        user: e.user.as_deref(),
+        database: e.database.as_deref(),
+        application_name: e.application_name.as_deref(),
+        client_addr: e.client_addr.as_deref(),
+        backend_type: e.backend_type.as_deref(),
     };
     let blockers = e
         .blockers
         .iter()
         .map(|b| {
-            let identity = IdentityRecord {
-                user: b.user.clone(),
-                application_name: b.application_name.clone(),
+            let identity = IdentityRef {
+                user: b.user.as_deref(),
+                application_name: b.application_name.as_deref(),
                 ..Default::default()
             };
             CompactBlocker {
                 pid: b.pid,
                 backend_start: b.backend_start_us.map(|t| rel(t, started)),
-                identity: ids.intern(&identity, new),
+                identity: ids.intern(identity, new),
                 state: b.state.clone(),
                 query_id: b.query_id,
                 idle_in_transaction: b.idle_in_transaction,
@@ -153,7 +153,7 @@ pub fn encode(e: &EpisodeRecord, ids: &Identities, new: &mut Vec<NewIdentity>) -
         })
         .collect();
     let compact = CompactEpisode {
-        identity: ids.intern(&identity, new),
+        identity: ids.intern(identity, new),
         backend_start: e.backend_start_us.map(|t| rel(t, started)),
         xact_start: e.xact_start_us.map(|t| rel(t, started)),
         query_start: e.query_start_us.map(|t| rel(t, started)),

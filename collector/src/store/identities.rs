@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use prost::encoding::{encode_key, encode_varint, WireType};
 use prost::Message;
 use sled::Tree;
 
@@ -48,10 +49,74 @@ pub struct IdentityRecord {
     pub backend_type: Option<String>,
 }
 
-impl IdentityRecord {
+/// An identity's fields borrowed from where they are (an episode's), so
+/// that looking one up copies nothing: as [`IdentityRecord`] holds them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IdentityRef<'a> {
+    /// usename.
+    pub user: Option<&'a str>,
+    /// datname.
+    pub database: Option<&'a str>,
+    /// application_name.
+    pub application_name: Option<&'a str>,
+    /// client_addr.
+    pub client_addr: Option<&'a str>,
+    /// backend_type.
+    pub backend_type: Option<&'a str>,
+}
+
+impl IdentityRef<'_> {
+    /// The fields, by tag.
+    fn fields(&self) -> [(u32, Option<&str>); 5] {
+        [
+            (1, self.user),
+            (2, self.database),
+            (3, self.application_name),
+            (4, self.client_addr),
+            (5, self.backend_type),
+        ]
+    }
+
     /// Whether it says nothing (an instance-level episode has no session).
     pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+        self.fields().iter().all(|(_, v)| v.is_none())
+    }
+
+    /// The bytes prost writes for the [`IdentityRecord`] of these fields.
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(64);
+        for (tag, value) in self.fields() {
+            if let Some(value) = value {
+                encode_key(tag, WireType::LengthDelimited, &mut bytes);
+                encode_varint(value.len() as u64, &mut bytes);
+                bytes.extend_from_slice(value.as_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// The record of these fields.
+    pub fn to_record(self) -> IdentityRecord {
+        let owned = |v: Option<&str>| v.map(str::to_string);
+        IdentityRecord {
+            user: owned(self.user),
+            database: owned(self.database),
+            application_name: owned(self.application_name),
+            client_addr: owned(self.client_addr),
+            backend_type: owned(self.backend_type),
+        }
+    }
+}
+
+impl<'a> From<&'a IdentityRecord> for IdentityRef<'a> {
+    fn from(r: &'a IdentityRecord) -> Self {
+        Self {
+            user: r.user.as_deref(),
+            database: r.database.as_deref(),
+            application_name: r.application_name.as_deref(),
+            client_addr: r.client_addr.as_deref(),
+            backend_type: r.backend_type.as_deref(),
+        }
     }
 }
 
@@ -109,11 +174,11 @@ impl Identities {
     /// The id of `identity` (none when it is empty), handing out a new one
     /// when it was never seen. When it is not known to be stored, it is
     /// pushed to `new` for the caller to write.
-    pub fn intern(&self, identity: &IdentityRecord, new: &mut Vec<NewIdentity>) -> Option<u32> {
+    pub fn intern(&self, identity: IdentityRef<'_>, new: &mut Vec<NewIdentity>) -> Option<u32> {
         if identity.is_empty() {
             return None;
         }
-        let bytes = identity.encode_to_vec();
+        let bytes = identity.encode();
         let known = self
             .inner
             .read()
@@ -132,7 +197,7 @@ impl Identities {
                         inner.next += 1;
                         let k = Known { id, stored: false };
                         inner.ids.insert(bytes.clone(), k);
-                        inner.by_id.insert(id, Arc::new(identity.clone()));
+                        inner.by_id.insert(id, Arc::new(identity.to_record()));
                         k
                     }
                 }
@@ -187,36 +252,61 @@ mod tests {
     }
 
     #[test]
+    fn a_borrowed_identity_encodes_as_its_record() {
+        let records = [
+            IdentityRecord::default(),
+            identity("a"),
+            IdentityRecord {
+                user: Some(String::new()),
+                database: Some("db".into()),
+                application_name: Some("app".into()),
+                client_addr: Some("10.0.0.1".into()),
+                backend_type: Some("x".repeat(300)),
+            },
+            IdentityRecord {
+                client_addr: Some("::1".into()),
+                ..Default::default()
+            },
+        ];
+        for r in records {
+            let borrowed = IdentityRef::from(&r);
+            assert_eq!(borrowed.encode(), r.encode_to_vec());
+            assert_eq!(borrowed.to_record(), r);
+            assert_eq!(borrowed.is_empty(), r == IdentityRecord::default());
+        }
+    }
+
+    #[test]
     fn ids_are_handed_out_once_and_written_until_settled() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::open(dir.path()).unwrap();
         let tree = db.open_tree("identities").unwrap();
         let ids = Identities::load(&tree).unwrap();
         let mut new = Vec::new();
-        assert_eq!(ids.intern(&IdentityRecord::default(), &mut new), None);
-        let a = ids.intern(&identity("a"), &mut new).unwrap();
-        let b = ids.intern(&identity("b"), &mut new).unwrap();
-        assert_eq!(ids.intern(&identity("a"), &mut new), Some(a));
+        assert_eq!(ids.intern(IdentityRef::default(), &mut new), None);
+        let a = ids.intern((&identity("a")).into(), &mut new).unwrap();
+        let b = ids.intern((&identity("b")).into(), &mut new).unwrap();
+        assert_eq!(ids.intern((&identity("a")).into(), &mut new), Some(a));
         assert_ne!(a, b);
         assert_eq!(new.len(), 2, "each new identity is listed once");
         // Not settled: the next append writes them again.
         let mut again = Vec::new();
-        ids.intern(&identity("a"), &mut again);
+        ids.intern((&identity("a")).into(), &mut again);
         assert_eq!(again.len(), 1);
         for (id, bytes) in &new {
             tree.insert(key(*id), bytes.as_slice()).unwrap();
         }
         ids.settle(&new);
         let mut after = Vec::new();
-        assert_eq!(ids.intern(&identity("a"), &mut after), Some(a));
+        assert_eq!(ids.intern((&identity("a")).into(), &mut after), Some(a));
         assert!(after.is_empty(), "settled identities are not written again");
 
         // Reloaded from the tree: the same ids, and new ones after them.
         let reloaded = Identities::load(&tree).unwrap();
         assert_eq!(*reloaded.get(b).unwrap(), identity("b"));
         let mut more = Vec::new();
-        assert_eq!(reloaded.intern(&identity("a"), &mut more), Some(a));
-        let c = reloaded.intern(&identity("c"), &mut more).unwrap();
+        assert_eq!(reloaded.intern((&identity("a")).into(), &mut more), Some(a));
+        let c = reloaded.intern((&identity("c")).into(), &mut more).unwrap();
         assert!(c > a.max(b));
         assert!(matches!(
             reloaded.get(99),
