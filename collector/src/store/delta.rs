@@ -577,6 +577,7 @@ fn header(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::testing::{Population, Rng};
 
     #[test]
     fn seek_finds_what_a_search_finds_in_any_order() {
@@ -592,7 +593,40 @@ mod tests {
         }
         assert_eq!(Seek::new(&[] as &[i32], |&p| p).find(1), None);
     }
-    use crate::store::testing::{Population, Rng};
+
+    #[test]
+    fn rows_received_are_stored_as_they_came() {
+        use pgtrail_proto::received::Received;
+        use prost::encoding::encode_varint;
+        let (a, b) = (idle(1, "active"), idle(2, "idle"));
+        // Row 1 as another sender might write it: with a field this build
+        // does not know, which decoding drops.
+        let mut came = a.encode_to_vec();
+        encode_key(999, WireType::Varint, &mut came);
+        encode_varint(5, &mut came);
+        let mut snapshot = Vec::new();
+        for row in [came.as_slice(), &b.encode_to_vec()] {
+            put(7, row, &mut snapshot); // pb::Snapshot.sessions
+        }
+        let mut message = Vec::new();
+        put(2, &snapshot, &mut message); // pb::AgentMessage.snapshot
+        let received = Received(message.into());
+        let Some(pb::agent_message::Kind::Snapshot(wire)) = received.decode().unwrap().kind else {
+            panic!("a snapshot");
+        };
+        assert_eq!(wire.sessions, [a.clone(), b.clone()]);
+        let rows = received.rows(&wire).unwrap();
+        let sample = full(wire.sessions.clone(), Vec::new());
+        let value = Encoded::of(&wire.sessions, &[], None, Some(&rows)).keyframe(&sample);
+        let stored = Stored::parse(value.clone().into()).unwrap();
+        let kept: Vec<&[u8]> = stored.sessions.rows.iter().map(AsRef::as_ref).collect();
+        assert_eq!(
+            kept,
+            [came.as_slice(), &b.encode_to_vec()],
+            "not encoded again"
+        );
+        assert_eq!(read(&[value]), [sample]);
+    }
 
     fn idle(pid: i32, state: &str) -> pb::Session {
         pb::Session {
