@@ -19,15 +19,11 @@ use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, Wire
 use prost::{DecodeError, Message};
 
 use crate::pb;
+use crate::unchanged::{pid as first_pid, PROCESSES, SESSIONS};
 
 /// `pb::AgentMessage.snapshot` and `pb::AgentMessage.delta`.
 const SNAPSHOT: u32 = 2;
 const DELTA: u32 = 3;
-/// `pb::Snapshot.sessions` and `pb::Snapshot.processes`.
-const SESSIONS: u32 = 7;
-const PROCESSES: u32 = 8;
-/// `pb::Session.pid` and `pb::Process.pid`.
-const PID: u32 = 1;
 
 /// One `pb::AgentMessage`, as it came off the stream.
 #[derive(Debug, Clone, Default)]
@@ -123,7 +119,8 @@ fn single_snapshot(message: &[u8]) -> Option<Range<usize>> {
 
 /// `rows` (where each row of one list lies in `bytes`, in order) paired
 /// with the pids of the same list decoded: sorted by pid, without rows
-/// that do not start with their decoded pid or whose pid comes twice.
+/// that do not start with their decoded pid (the store finds a row's pid
+/// as its first field) or whose pid comes twice.
 /// `None` when the two lists differ in length.
 fn by_pid(
     bytes: &[u8],
@@ -154,16 +151,6 @@ fn by_pid(
         kept.push((pid, row));
     }
     Some(kept)
-}
-
-/// The pid a row starts with, read as protobuf reads an `int32`. The
-/// store finds a row's pid so (its first field); a row whose decoded pid
-/// comes from elsewhere is not offered.
-fn first_pid(mut row: &[u8]) -> Option<i32> {
-    match decode_key(&mut row) {
-        Ok((PID, WireType::Varint)) => decode_varint(&mut row).ok().map(|v| v as i32),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -27,9 +27,9 @@ use crate::time::Micros;
 use crate::{pb, ProtocolError};
 
 /// `pb::Snapshot.sessions`.
-const SESSIONS: u32 = 7;
+pub(crate) const SESSIONS: u32 = 7;
 /// `pb::Snapshot.processes`.
-const PROCESSES: u32 = 8;
+pub(crate) const PROCESSES: u32 = 8;
 /// `pb::Session.pid` and `pb::Process.pid`.
 const PID: u32 = 1;
 
@@ -176,8 +176,8 @@ fn index(rows: &[u8]) -> Result<Vec<RowAt>, ProtocolError> {
     Ok(at)
 }
 
-/// The pid a row starts with.
-fn pid(mut row: &[u8]) -> Option<i32> {
+/// The pid a row starts with, read as protobuf reads an `int32`.
+pub(crate) fn pid(mut row: &[u8]) -> Option<i32> {
     match decode_key(&mut row) {
         Ok((PID, WireType::Varint)) => decode_varint(&mut row).ok().map(|v| v as i32),
         _ => None,
