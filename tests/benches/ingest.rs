@@ -6,8 +6,9 @@
 //! realistic snapshots of one instance (200 client backends, the mix and
 //! churn of `common::sim`, one a second), encoded beforehand as the agent
 //! does (`StreamEncoder`: texts travel once per stream; `SentRows`: rows
-//! that did not change go as their pids, in a `delta`), with up to 32
-//! snapshots ahead of the acknowledgements, as the agent's sender does.
+//! that did not change go as their pids, in a `delta`), with as many
+//! snapshots ahead of the acknowledgements as the agent's sender sends by
+//! default (its `queue_capacity`, 300).
 //! Messages are encoded to bytes before the clock starts and sent as they
 //! are, as the agent sends the rows its spool encoded (its `ingest`
 //! codec): agents run on their own hosts, and the two cores here go to
@@ -33,7 +34,7 @@
 //! on this machine.
 //!
 //! Flags: `--quick`, `--streams 1,4,8,16`, `--snapshots 8000` (in total per
-//! N), `--sessions 200`.
+//! N), `--sessions 200`, `--window 300` (snapshots ahead of the acks).
 
 mod common;
 
@@ -44,6 +45,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use common::sim::Sim;
 use common::{median, mib, process_cpu_ns, rss_bytes, self_cpu_ns, table, Args};
+use pgtrail_agent::config::DEFAULT_QUEUE_CAPACITY;
 use pgtrail_proto::intern::StreamEncoder;
 use pgtrail_proto::pb::{self, agent_message::Kind};
 use pgtrail_proto::time::SECOND;
@@ -58,9 +60,6 @@ use tonic::codegen::http::uri::PathAndQuery;
 /// As the collector's binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Snapshots sent ahead of the acknowledgements, per stream.
-const WINDOW: usize = 32;
 
 /// Set to an address, the executable is the receive-only floor serving it.
 const RECEIVER: &str = "PGTRAIL_BENCH_RECEIVER";
@@ -77,11 +76,12 @@ fn main() -> anyhow::Result<()> {
     };
     let total: usize = args.get("snapshots", if args.quick { 400 } else { 8000 });
     let sessions: usize = args.get("sessions", 200);
+    let window: usize = args.get("window", DEFAULT_QUEUE_CAPACITY).max(1);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    runtime.block_on(run(streams, total, sessions))
+    runtime.block_on(run(streams, total, sessions, window))
 }
 
 /// Who receives the streams.
@@ -102,9 +102,15 @@ struct Level {
     hwm: u64,
 }
 
-async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Result<()> {
+async fn run(
+    levels: Vec<usize>,
+    total: usize,
+    sessions: usize,
+    window: usize,
+) -> anyhow::Result<()> {
     println!("## Collector ingest\n");
     println!("machine: {}\n", common::machine());
+    println!("each stream sends up to {window} snapshots ahead of its acknowledgements\n");
     let start = pgtrail_proto::time::now() - 3600 * SECOND;
     let mut results = Vec::new();
     let mut wire_bytes = Vec::new();
@@ -137,8 +143,8 @@ async fn run(levels: Vec<usize>, total: usize, sessions: usize) -> anyhow::Resul
             floors = Some(baselines(&batches[0])?);
         }
         eprintln!("ingest bench: {n} streams × {per_stream} snapshots");
-        let floor = ingest(batches.clone(), Target::Receiver).await?;
-        results.push((ingest(batches, Target::Collector).await?, floor));
+        let floor = ingest(batches.clone(), Target::Receiver, window).await?;
+        results.push((ingest(batches, Target::Collector, window).await?, floor));
     }
     let (decode_ns, sled_ns, sled_wall) = floors.unwrap_or_default();
     let rows = |snapshots: usize| (snapshots * sessions) as f64;
@@ -304,7 +310,11 @@ impl Drop for ServerProcess {
     }
 }
 
-async fn ingest(batches: Vec<Vec<pb::AgentMessage>>, target: Target) -> anyhow::Result<Level> {
+async fn ingest(
+    batches: Vec<Vec<pb::AgentMessage>>,
+    target: Target,
+    window: usize,
+) -> anyhow::Result<Level> {
     let collector = ServerProcess::start(target).await?;
     let pid = collector.child.id() as i32;
     let streams = batches.len();
@@ -329,7 +339,7 @@ async fn ingest(batches: Vec<Vec<pb::AgentMessage>>, target: Target) -> anyhow::
     let mut tasks = Vec::new();
     for (s, (mut client, batch)) in clients.into_iter().zip(batches).enumerate() {
         tasks.push(tokio::spawn(async move {
-            let (tx, rx) = mpsc::channel(WINDOW + 1);
+            let (tx, rx) = mpsc::channel(window + 1);
             let count = batch.len();
             let hello = pb::AgentMessage {
                 kind: Some(Kind::Hello(pb::Hello {
@@ -339,7 +349,7 @@ async fn ingest(batches: Vec<Vec<pb::AgentMessage>>, target: Target) -> anyhow::
                 })),
             };
             tx.send(Bytes::from(hello.encode_to_vec())).await?;
-            let permits = Arc::new(Semaphore::new(WINDOW));
+            let permits = Arc::new(Semaphore::new(window));
             let feeder = {
                 let permits = permits.clone();
                 tokio::spawn(async move {
