@@ -9,6 +9,9 @@
 //! session. What it cannot see is marked unknown and named in each
 //! snapshot's `blind_spots`.
 #![warn(missing_docs)]
+// Module docs link the private modules they describe: read them with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 mod builder;
 pub mod config;

@@ -119,6 +119,8 @@ pub enum Command {
     At {
         /// RFC 3339, HH:MM[:SS] (today), YYYY-MM-DD HH:MM[:SS], now, or a
         /// duration ago such as 10m.
+        // The text is the command's help, where brackets mean optional.
+        #[allow(rustdoc::broken_intra_doc_links)]
         time: String,
         /// Which instances.
         #[command(flatten)]

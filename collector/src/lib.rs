@@ -7,6 +7,9 @@
 //! [`Collector`] ties these together for the binary and for `pgtrail
 //! record`, which feeds it snapshots in-process.
 #![warn(missing_docs)]
+// Module docs link the private modules they describe: read them with
+// `cargo doc --document-private-items`.
+#![allow(rustdoc::private_intra_doc_links)]
 
 pub mod config;
 mod error;
