@@ -596,11 +596,69 @@ mod tests {
 
     #[test]
     fn rows_received_are_stored_as_they_came() {
+        let (a, b) = (idle(1, "active"), idle(2, "idle"));
+        let (came, wire, rows) = received_with_an_unknown_field(&a, &b);
+        assert_eq!(wire.sessions, [a.clone(), b.clone()]);
+        let sample = full(wire.sessions.clone(), Vec::new());
+        let value = Encoded::of(&wire.sessions, &[], None, Some(&rows)).keyframe(&sample);
+        let stored = Stored::parse(value.clone().into()).unwrap();
+        let kept: Vec<&[u8]> = stored.sessions.rows.iter().map(AsRef::as_ref).collect();
+        assert_eq!(
+            kept,
+            [came.as_slice(), &b.encode_to_vec()],
+            "not encoded again"
+        );
+        assert_eq!(read(&[value]), [sample]);
+    }
+
+    #[test]
+    fn unchanged_rows_are_copied_from_the_base() {
+        use pgtrail_proto::unchanged::Unchanged;
+        let (a, b) = (idle(1, "active"), idle(2, "idle"));
+        // The base's row 1 carries a field this build does not know, so
+        // its stored bytes are not what encoding the decoded row gives.
+        let (came, wire, rows) = received_with_an_unknown_field(&a, &b);
+        let base = Encoded::of(&wire.sessions, &[], None, Some(&rows)).into_base();
+        // The next sample: row 1 moved over unchanged, row 2 changed.
+        let b2 = idle(2, "active");
+        let next = [a.clone(), b2.clone()];
+        let stored_rows = |unchanged: Vec<i32>| {
+            let unchanged = Unchanged {
+                sessions: unchanged,
+                ..Default::default()
+            };
+            let encoded = Encoded::of(&next, &[], Some((&base, &unchanged)), None);
+            let value = encoded.keyframe(&full(next.to_vec(), Vec::new()));
+            let stored = Stored::parse(value.into()).unwrap();
+            stored
+                .sessions
+                .rows
+                .iter()
+                .map(|r| r.to_vec())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            stored_rows(vec![1]),
+            [came.clone(), b2.encode_to_vec()],
+            "row 1 copied from the base, row 2 encoded"
+        );
+        assert_eq!(
+            stored_rows(Vec::new()),
+            [a.encode_to_vec(), b2.encode_to_vec()],
+            "not named unchanged: encoded"
+        );
+    }
+
+    /// A message of sessions `a` and `b` as another sender might write
+    /// it: `a`'s row with a field this build does not know, which decoding
+    /// drops. Returns that row's bytes, the decoded snapshot and where its
+    /// rows lie.
+    fn received_with_an_unknown_field(
+        a: &pb::Session,
+        b: &pb::Session,
+    ) -> (Vec<u8>, pb::Snapshot, RowBytes) {
         use pgtrail_proto::received::Received;
         use prost::encoding::encode_varint;
-        let (a, b) = (idle(1, "active"), idle(2, "idle"));
-        // Row 1 as another sender might write it: with a field this build
-        // does not know, which decoding drops.
         let mut came = a.encode_to_vec();
         encode_key(999, WireType::Varint, &mut came);
         encode_varint(5, &mut came);
@@ -614,18 +672,8 @@ mod tests {
         let Some(pb::agent_message::Kind::Snapshot(wire)) = received.decode().unwrap().kind else {
             panic!("a snapshot");
         };
-        assert_eq!(wire.sessions, [a.clone(), b.clone()]);
         let rows = received.rows(&wire).unwrap();
-        let sample = full(wire.sessions.clone(), Vec::new());
-        let value = Encoded::of(&wire.sessions, &[], None, Some(&rows)).keyframe(&sample);
-        let stored = Stored::parse(value.clone().into()).unwrap();
-        let kept: Vec<&[u8]> = stored.sessions.rows.iter().map(AsRef::as_ref).collect();
-        assert_eq!(
-            kept,
-            [came.as_slice(), &b.encode_to_vec()],
-            "not encoded again"
-        );
-        assert_eq!(read(&[value]), [sample]);
+        (came, wire, rows)
     }
 
     fn idle(pid: i32, state: &str) -> pb::Session {
