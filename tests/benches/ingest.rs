@@ -149,7 +149,8 @@ async fn run(
     println!("## Collector ingest\n");
     println!("machine: {}\n", common::machine());
     println!(
-        "each stream sends up to {window} snapshots ahead of its acknowledgements; each figure is the median of {runs} runs\n"
+        "each stream sends up to {window} snapshots ahead of its acknowledgements; each figure is {}\n",
+        runs_said(runs)
     );
     let start = pgtrail_proto::time::now() - 3600 * SECOND;
     let mut results = Vec::new();
@@ -256,9 +257,9 @@ async fn run(
         let rate = rows(best.snapshots) / best.wall;
         let floor_rate = rows(floor.snapshots) / floor.wall;
         println!(
-            "@@ ingest session-rows/s (best N: {} streams, median of {} runs) | {:.0} | ≥ 1,000,000 | {:.3}× | its runs {:.0}–{:.0}; receive-only floor {:.0} rows/s ({:.3}× the target), collector {:.2}× its rate; collector CPU/snapshot {:.2} ms = {:.1}× the floor's {:.2} ms, {:.1}× prost decode, {:.1}× bare sled insert+flush",
+            "@@ ingest session-rows/s (best N: {} streams, {}) | {:.0} | ≥ 1,000,000 | {:.3}× | its runs {:.0}–{:.0}; receive-only floor {:.0} rows/s ({:.3}× the target), collector {:.2}× its rate; collector CPU/snapshot {:.2} ms = {:.1}× the floor's {:.2} ms, {:.1}× prost decode, {:.1}× bare sled insert+flush",
             best.streams,
-            best.rates.len(),
+            runs_said(best.rates.len()),
             rate,
             rate / 1e6,
             best.rates.first().copied().unwrap_or(rate),
@@ -280,6 +281,14 @@ async fn run(
     }
     println!();
     Ok(())
+}
+
+/// "one run", or "the median of N runs".
+fn runs_said(runs: usize) -> String {
+    match runs {
+        1 => "one run".into(),
+        n => format!("the median of {n} runs"),
+    }
 }
 
 /// (prost decode CPU, bare sled insert+flush CPU, its wall time), ns per
