@@ -98,7 +98,6 @@ enum Target {
     Receiver,
 }
 
-#[derive(Clone)]
 struct Level {
     streams: usize,
     snapshots: usize,
@@ -106,7 +105,7 @@ struct Level {
     cpu_ns: u64,
     rss: u64,
     hwm: u64,
-    /// Every run's session-rows/s, lowest first (this is the median run).
+    /// The session-rows/s of every run it is the median of, lowest first.
     rates: Vec<f64>,
 }
 
@@ -127,7 +126,7 @@ async fn median_run(
 ) -> anyhow::Result<Level> {
     let mut all = Vec::new();
     for _ in 0..runs {
-        all.push(ingest(batches.to_vec(), target, window).await?);
+        all.push(ingest(batches, target, window).await?);
     }
     all.sort_by(|a, b| a.snapshots_per_s().total_cmp(&b.snapshots_per_s()));
     let rates = all
@@ -371,7 +370,7 @@ impl Drop for ServerProcess {
 }
 
 async fn ingest(
-    batches: Vec<Vec<pb::AgentMessage>>,
+    batches: &[Vec<pb::AgentMessage>],
     target: Target,
     window: usize,
 ) -> anyhow::Result<Level> {
