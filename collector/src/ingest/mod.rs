@@ -171,7 +171,14 @@ impl Ingestor {
         };
         let mut guard = slot.lock().await;
         if guard.is_none() {
-            *guard = Some(self.load(host, &snapshot.instance)?);
+            // Store reads (after a crash, its minute folded again from its
+            // samples): off the async workers, which serve every stream.
+            let store = self.store.clone();
+            let (host, instance) = (host.to_string(), snapshot.instance.clone());
+            let state = tokio::task::spawn_blocking(move || load(&*store, &host, &instance))
+                .await
+                .expect("load task panicked")?;
+            *guard = Some(state);
         }
         let state = guard.as_mut().expect("loaded above");
         if seals(state, snapshot.sampled_at) {
@@ -188,95 +195,6 @@ impl Ingestor {
             *guard = None;
         }
         result
-    }
-
-    fn load(&self, host: &str, instance: &str) -> Result<InstanceState, StoreError> {
-        let id = self.store.instance_id(host, instance)?;
-        let open = |kinds: &[EpisodeKind]| -> Result<Vec<_>, StoreError> {
-            let mut all = Vec::new();
-            for &kind in kinds {
-                let records = self.store.open_episodes(kind, id)?;
-                all.extend(records.into_iter().map(|e| (kind, e)));
-            }
-            Ok(all)
-        };
-        let facts = self.store.facts_at(id, Micros::MAX)?;
-        let context = Context {
-            user_limit: facts.as_ref().and_then(user_limit),
-            ..Default::default()
-        };
-        let last_at = self.store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1);
-        let rollups = match last_at {
-            Micros::MIN => Vec::new(),
-            _ => shared(self.current_rollups(id, last_at, &context)?),
-        };
-        Ok(InstanceState {
-            id,
-            sessions: SessionEpisodes::resume(open(&SESSION_KINDS)?),
-            instance: InstanceEpisodes::resume(open(&INSTANCE_KINDS)?),
-            context,
-            dimensions: Dimensions::default(),
-            last_at,
-            last_from: None,
-            facts,
-            stored_texts: HashSet::new(),
-            rollups,
-            seen: Default::default(),
-        })
-    }
-
-    /// The minute and hour of the instance's latest sample (at `last_at`),
-    /// as stored when they cover every sample of that minute (the store
-    /// persisted them at shutdown, or still has them open), else rebuilt:
-    /// after a crash the open ones were lost, so the minute is folded
-    /// again from its samples and the hour from its stored minutes. Its
-    /// list of longest episodes is then no longer known to be complete.
-    fn current_rollups(
-        &self,
-        id: InstanceId,
-        last_at: Micros,
-        context: &Context,
-    ) -> Result<Vec<(Resolution, Micros, Rollup)>, StoreError> {
-        let minute_start = Resolution::Minute.start_of(last_at);
-        let hour_start = Resolution::Hour.start_of(last_at);
-        let samples = self.store.samples(id, minute_start, last_at)?;
-        let minute = self.store.rollup(id, Resolution::Minute, minute_start)?;
-        let hour = self.store.rollup(id, Resolution::Hour, hour_start)?;
-        if let Some(minute) = minute.filter(|m| m.samples as usize == samples.len()) {
-            return Ok(vec![
-                (Resolution::Minute, minute_start, minute),
-                (Resolution::Hour, hour_start, hour.unwrap_or_default()),
-            ]);
-        }
-        let mut minute = Rollup::default();
-        // The sample before the minute says what its first one continues.
-        let mut context = match self.store.sample_at(id, minute_start - 1)? {
-            Some((t, sample)) => rollup::stored_sample_rollup(t, sample, context).1,
-            None => context.clone(),
-        };
-        let mut dims = Dimensions::default();
-        for (t, sample) in samples {
-            let snapshot = rollup::stored_snapshot(t, sample);
-            let (sample, next) = rollup::sample(&snapshot, &context, &mut dims, None);
-            rollup::fold_into_minute(&mut minute, &sample, None);
-            context = next;
-        }
-        let mut rebuilt = Rollup::default();
-        for (_, m) in self
-            .store
-            .rollups(id, Resolution::Minute, hour_start, minute_start - 1)?
-        {
-            rollup::merge(&mut rebuilt, &m);
-        }
-        rollup::merge(&mut rebuilt, &minute);
-        if let Some(stored) = hour {
-            rebuilt.longest = stored.longest;
-        }
-        rebuilt.longest_tracked = false;
-        Ok(vec![
-            (Resolution::Minute, minute_start, minute),
-            (Resolution::Hour, hour_start, rebuilt),
-        ])
     }
 
     fn append_locked(
@@ -367,8 +285,12 @@ impl Ingestor {
                 // Not expected (nothing after `last_at` is stored), but the
                 // shared rollups now hold a sample the store does not:
                 // fold them again from what it holds.
-                state.rollups =
-                    shared(self.current_rollups(state.id, state.last_at, &state.context)?);
+                state.rollups = shared(current_rollups(
+                    &*self.store,
+                    state.id,
+                    state.last_at,
+                    &state.context,
+                )?);
             }
             return Ok(Outcome::Duplicate);
         }
@@ -501,6 +423,93 @@ impl Ingestor {
         }
         Ok(())
     }
+}
+
+/// The state of `host`'s `instance` as the store has it.
+fn load(store: &dyn Store, host: &str, instance: &str) -> Result<InstanceState, StoreError> {
+    let id = store.instance_id(host, instance)?;
+    let open = |kinds: &[EpisodeKind]| -> Result<Vec<_>, StoreError> {
+        let mut all = Vec::new();
+        for &kind in kinds {
+            let records = store.open_episodes(kind, id)?;
+            all.extend(records.into_iter().map(|e| (kind, e)));
+        }
+        Ok(all)
+    };
+    let facts = store.facts_at(id, Micros::MAX)?;
+    let context = Context {
+        user_limit: facts.as_ref().and_then(user_limit),
+        ..Default::default()
+    };
+    let last_at = store.sample_bounds(id)?.map_or(Micros::MIN, |b| b.1);
+    let rollups = match last_at {
+        Micros::MIN => Vec::new(),
+        _ => shared(current_rollups(store, id, last_at, &context)?),
+    };
+    Ok(InstanceState {
+        id,
+        sessions: SessionEpisodes::resume(open(&SESSION_KINDS)?),
+        instance: InstanceEpisodes::resume(open(&INSTANCE_KINDS)?),
+        context,
+        dimensions: Dimensions::default(),
+        last_at,
+        last_from: None,
+        facts,
+        stored_texts: HashSet::new(),
+        rollups,
+        seen: Default::default(),
+    })
+}
+
+/// The minute and hour of the instance's latest sample (at `last_at`),
+/// as stored when they cover every sample of that minute (the store
+/// persisted them at shutdown, or still has them open), else rebuilt:
+/// after a crash the open ones were lost, so the minute is folded
+/// again from its samples and the hour from its stored minutes. Its
+/// list of longest episodes is then no longer known to be complete.
+fn current_rollups(
+    store: &dyn Store,
+    id: InstanceId,
+    last_at: Micros,
+    context: &Context,
+) -> Result<Vec<(Resolution, Micros, Rollup)>, StoreError> {
+    let minute_start = Resolution::Minute.start_of(last_at);
+    let hour_start = Resolution::Hour.start_of(last_at);
+    let samples = store.samples(id, minute_start, last_at)?;
+    let minute = store.rollup(id, Resolution::Minute, minute_start)?;
+    let hour = store.rollup(id, Resolution::Hour, hour_start)?;
+    if let Some(minute) = minute.filter(|m| m.samples as usize == samples.len()) {
+        return Ok(vec![
+            (Resolution::Minute, minute_start, minute),
+            (Resolution::Hour, hour_start, hour.unwrap_or_default()),
+        ]);
+    }
+    let mut minute = Rollup::default();
+    // The sample before the minute says what its first one continues.
+    let mut context = match store.sample_at(id, minute_start - 1)? {
+        Some((t, sample)) => rollup::stored_sample_rollup(t, sample, context).1,
+        None => context.clone(),
+    };
+    let mut dims = Dimensions::default();
+    for (t, sample) in samples {
+        let snapshot = rollup::stored_snapshot(t, sample);
+        let (sample, next) = rollup::sample(&snapshot, &context, &mut dims, None);
+        rollup::fold_into_minute(&mut minute, &sample, None);
+        context = next;
+    }
+    let mut rebuilt = Rollup::default();
+    for (_, m) in store.rollups(id, Resolution::Minute, hour_start, minute_start - 1)? {
+        rollup::merge(&mut rebuilt, &m);
+    }
+    rollup::merge(&mut rebuilt, &minute);
+    if let Some(stored) = hour {
+        rebuilt.longest = stored.longest;
+    }
+    rebuilt.longest_tracked = false;
+    Ok(vec![
+        (Resolution::Minute, minute_start, minute),
+        (Resolution::Hour, hour_start, rebuilt),
+    ])
 }
 
 /// Whether storing a sample at `t` starts a new minute of the instance,
