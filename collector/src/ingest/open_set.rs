@@ -127,14 +127,7 @@ impl OpenSet {
         ended: impl Fn(EpisodeKind, &EpisodeRecord, Micros) -> Micros,
     ) -> Changes {
         let mut changes = Changes::default();
-        let gone: Vec<Key> = self
-            .open
-            .iter()
-            .filter(|(_, o)| !o.seen)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in gone {
-            let mut open = self.open.remove(&key).expect("listed above");
+        for (key, mut open) in self.open.extract_if(|_, o| !o.seen) {
             let end = ended(key.0, &open.record, now);
             open.record.ended_us = Some(end);
             if open.stored || end - open.record.started_us >= floor(key.0) {
