@@ -211,10 +211,13 @@ mod tests {
         }
         // The first two minutes sealed, the third in the tail.
         assert_eq!(store.sample_blocks.len(), 2);
-        assert_eq!(store.tail_snapshot(instance).unwrap().len(), 30);
+        assert_eq!(store.tail_snapshot(instance).unwrap().unwrap().len(), 30);
         assert!(store.samples.is_empty());
         let (mut patches, mut rows) = (0, 0);
-        for entry in store.sample_entries(instance, Micros::MIN, Micros::MAX) {
+        for entry in store
+            .sample_entries(instance, Micros::MIN, Micros::MAX)
+            .unwrap()
+        {
             let s = StoredSample::decode(entry.unwrap().1).unwrap();
             if !s.keyframe {
                 patches += s.session_id_patches.len() + s.process_patches.len();

@@ -50,7 +50,7 @@ impl SledStore {
         let day = Segments::day_of(minute);
         let mut sample_block = None;
         if let Some((first_us, last_us)) = tail.bounds() {
-            let raw = tail.sample_block();
+            let raw = tail.sample_block()?;
             let frame = compress_block(&raw)?;
             let offset = self
                 .segments
@@ -421,6 +421,47 @@ mod tests {
             })
             .count();
         assert_eq!(files, 0);
+    }
+
+    #[test]
+    fn the_minute_reads_back_from_its_file_and_what_is_not_written_yet() {
+        let (_dir, store) = temp_store();
+        let instance = store.instance_id("db", "5432").unwrap();
+        // Each sample as `tick` appends it.
+        let sample = |s: f64| Population::default().step(&mut Rng(s.to_bits()));
+        let read = |store: &SledStore| -> Vec<(Micros, Vec<i32>)> {
+            let samples = store.samples(instance, Micros::MIN, Micros::MAX).unwrap();
+            samples
+                .into_iter()
+                .map(|(t, s)| (t, s.sessions.iter().map(|s| s.pid).collect()))
+                .collect()
+        };
+        let expected = |seconds: &[f64]| -> Vec<(Micros, Vec<i32>)> {
+            let pids = |s: f64| sample(s).sessions.iter().map(|s| s.pid).collect();
+            seconds.iter().map(|&s| (at(s), pids(s))).collect()
+        };
+        for s in [0.0, 1.0, 2.0] {
+            tick(&store, s);
+        }
+        store.flush().unwrap();
+        // In the file now; the next two only in memory.
+        for s in [3.0, 4.0] {
+            tick(&store, s);
+        }
+        let minute = expected(&[0.0, 1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(read(&store), minute);
+        let sessions = |t: Micros| {
+            let (_, stored) = store.sample_at(instance, t).unwrap().unwrap();
+            stored.sessions
+        };
+        assert_eq!(sessions(at(1.0)), sample(1.0).sessions, "from the file");
+        assert_eq!(sessions(at(4.0)), sample(4.0).sessions, "not written yet");
+        // Sealed: the block holds the whole minute.
+        tick(&store, 60.0);
+        assert_eq!(store.sample_blocks.len(), 1);
+        let mut all = minute;
+        all.extend(expected(&[60.0]));
+        assert_eq!(read(&store), all);
     }
 
     #[test]

@@ -127,7 +127,7 @@ impl SledStore {
         if let Some(v) = self.samples.get(keys::instance_time(instance, t))? {
             return compress::unpack(v).map(Some);
         }
-        if let Some(block) = self.tail_snapshot(instance) {
+        if let Some(block) = self.tail_snapshot(instance)? {
             if let Some(v) = block.get(t) {
                 return Ok(Some(v));
             }
@@ -176,7 +176,7 @@ impl SledStore {
         };
         let after = loose.as_ref().map_or(Micros::MIN, |(at, _)| *at);
         // The tail's minute is after every sealed one.
-        if let Some(block) = self.tail_snapshot(instance) {
+        if let Some(block) = self.tail_snapshot(instance)? {
             let i = block.first_from(t.saturating_add(1));
             if i > 0 && block.entries[i - 1].0 > after {
                 let (at, value) = (block.entries[i - 1].0, block.value(i - 1));
@@ -229,7 +229,7 @@ impl SledStore {
             }
         };
         let tail = self
-            .tail_snapshot(instance)
+            .tail_snapshot(instance)?
             .map(|b| (b.entries[0].0, b.entries[b.entries.len() - 1].0));
         Ok(match (sealed, tail) {
             (Some(a), Some(b)) => Some((a.0.min(b.0), a.1.max(b.1))),
@@ -244,8 +244,8 @@ impl SledStore {
         instance: InstanceId,
         from: Micros,
         to: Micros,
-    ) -> Entries<'_> {
-        Entries {
+    ) -> Result<Entries<'_>, StoreError> {
+        Ok(Entries {
             store: self,
             instance,
             from,
@@ -258,10 +258,10 @@ impl SledStore {
                 minute_of(from),
                 to,
             )),
-            tail: self.tail_snapshot(instance),
+            tail: self.tail_snapshot(instance)?,
             block: None,
             done: false,
-        }
+        })
     }
 
     /// Removes the instance's sealed minutes that start before `before`
@@ -512,7 +512,7 @@ mod tests {
         }
         assert_eq!(store.sample_blocks.len(), 2);
         assert_eq!(store.samples.len(), 2);
-        assert_eq!(store.tail_snapshot(id).unwrap().len(), 30);
+        assert_eq!(store.tail_snapshot(id).unwrap().unwrap().len(), 30);
 
         let got = times(&store, id);
         assert_eq!(got.len(), 152);

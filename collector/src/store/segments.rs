@@ -97,15 +97,19 @@ impl Segments {
         write().map_err(|e| failed(&path, e))
     }
 
-    /// The instance's tail log ([`super::tail`]), opened for appending
-    /// (created if missing), its path and its bytes.
+    /// The instance's tail log ([`super::tail`]), opened for reading and
+    /// appending (created if missing), its path and its bytes.
     pub fn open_log(&self, instance: InstanceId) -> Result<(File, PathBuf, Vec<u8>), StoreError> {
         let dir = self.instance_dir(instance);
         let path = dir.join("open.log");
         let open = || -> io::Result<(File, Vec<u8>)> {
             let created = !path.exists();
             fs::create_dir_all(&dir)?;
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
+            let file = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .append(true)
+                .open(&path)?;
             if created {
                 File::open(&dir)?.sync_all()?;
             }
@@ -132,7 +136,7 @@ impl Segments {
             file.sync_data()?;
             fs::rename(&next, &path)?;
             File::open(&dir)?.sync_all()?;
-            OpenOptions::new().append(true).open(&path)
+            OpenOptions::new().read(true).append(true).open(&path)
         };
         let file = replace().map_err(|e| failed(&path, e))?;
         Ok((file, path, bytes))

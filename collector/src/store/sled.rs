@@ -270,13 +270,19 @@ impl SledStore {
     }
 
     /// The instance's tail as a block, if it holds a sample.
-    pub(super) fn tail_snapshot(&self, instance: InstanceId) -> Option<Arc<Block>> {
-        let tail = self
+    pub(super) fn tail_snapshot(
+        &self,
+        instance: InstanceId,
+    ) -> Result<Option<Arc<Block>>, StoreError> {
+        let Some(tail) = self
             .tails
             .read()
             .expect("not poisoned")
-            .get(&instance)?
-            .clone();
+            .get(&instance)
+            .cloned()
+        else {
+            return Ok(None);
+        };
         let mut tail = tail.lock().expect("not poisoned");
         tail.snapshot()
     }
@@ -761,7 +767,7 @@ impl Store for SledStore {
         }
         let mut out = Vec::new();
         let mut running: Option<(Micros, Rows)> = None;
-        for entry in self.sample_entries(instance, from, to) {
+        for entry in self.sample_entries(instance, from, to)? {
             let (at, value, origin) = entry?;
             let stored = parse_bytes(value)?;
             let mut rows = match running.take() {

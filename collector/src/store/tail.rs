@@ -1,13 +1,16 @@
 //! What each instance is still writing: the minute of samples not yet
 //! sealed, the episodes that closed since the last seal, the episodes
 //! open now and the counters not yet added to the instance's record.
-//! Kept in memory and in a log file of the instance's own
+//! Kept in a log file of the instance's own
 //! (`segments/<instance>/open.log`), never in sled, whose log keeps every
 //! byte written to it for good (sled 0.34 does not win back the space of
-//! values removed soon after).
+//! values removed soon after). In memory: the episodes and counters, where
+//! each sample lies in the log, and the entries not yet written; the
+//! samples' bytes are read back from the file when the minute is sealed or
+//! read.
 //!
-//! Each append adds one entry, held in memory and written to the file
-//! (then synced) by the next flush, after sled's own flush, so an entry
+//! Each append adds one entry, held in memory until the next flush writes
+//! it to the file (then synced), after sled's own flush, so an entry
 //! never reaches the disk before what the same append wrote to sled: the
 //! sample (unless it came late and went to sled), the episodes it
 //! opened, changed or closed, and the snapshots the agent dropped before
@@ -29,6 +32,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::ops::Range;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -107,11 +111,15 @@ pub(super) struct Tail {
     pub minute: Option<Micros>,
     file: Arc<File>,
     path: PathBuf,
-    /// The file's bytes, and entries not yet written to it.
-    raw: Vec<u8>,
-    /// How much of `raw` the file holds.
+    /// Entries pushed since the last write, not yet in the file. The
+    /// file's own bytes are read back when the minute is sealed or read,
+    /// not held here: a minute of samples is hundreds of kilobytes an
+    /// instance.
+    pending: Vec<u8>,
+    /// How many bytes the file holds.
     written: usize,
-    /// Times and places in `raw` of its samples, in time order.
+    /// Times and places of its samples in the log (the file's bytes, then
+    /// `pending`), in time order.
     entries: Vec<(Micros, Range<usize>)>,
     /// The episodes open now (boxed: a node of the map shifts its values
     /// on every insert, and a record is hundreds of bytes).
@@ -150,7 +158,7 @@ impl Tail {
             minute: None,
             file: Arc::new(file),
             path,
-            raw: Vec::new(),
+            pending: Vec::new(),
             written: 0,
             entries: Vec::new(),
             open: BTreeMap::new(),
@@ -187,8 +195,6 @@ impl Tail {
             // A write the crash cut short, or left unreadable.
             tail.file.set_len(good as u64).map_err(|e| tail.failed(e))?;
         }
-        tail.raw = raw;
-        tail.raw.truncate(good);
         tail.written = good;
         Ok(tail)
     }
@@ -246,12 +252,12 @@ impl Tail {
             "a sealed tail is restarted before it takes entries"
         );
         let value = encode_payload(&entry, 0);
-        sealed::encode_entry(&mut self.raw, self.last_written, entry.at, &value);
+        sealed::encode_entry(&mut self.pending, self.last_written, entry.at, &value);
         self.last_written = entry.at;
         if let Some(sample) = entry.sample {
             // The sample follows the flags byte and its length.
             let value_start =
-                self.raw.len() - value.len() + 1 + encoded_len_varint(sample.len() as u64);
+                self.log_len() - value.len() + 1 + encoded_len_varint(sample.len() as u64);
             self.add_sample(entry.at, value_start..value_start + sample.len());
         }
         self.apply(entry.opened, entry.closed, entry.dropped);
@@ -262,13 +268,14 @@ impl Tail {
     /// the file to sync, if anything was written since the last sync
     /// (synced by the caller, without holding the tail up).
     pub fn write_pending(&mut self) -> Result<Option<(Arc<File>, PathBuf)>, StoreError> {
-        if self.written < self.raw.len() {
-            if let Err(e) = (&*self.file).write_all(&self.raw[self.written..]) {
+        if !self.pending.is_empty() {
+            if let Err(e) = (&*self.file).write_all(&self.pending) {
                 // What did get written would misalign every entry after it.
                 let _ = self.file.set_len(self.written as u64);
                 return Err(self.failed(e));
             }
-            self.written = self.raw.len();
+            self.written += self.pending.len();
+            self.pending.clear();
             self.unsynced = true;
         }
         if !std::mem::take(&mut self.unsynced) {
@@ -288,14 +295,31 @@ impl Tail {
     }
 
     /// Its samples in time order as a sealed block's bytes.
-    pub fn sample_block(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.raw.len());
+    pub fn sample_block(&self) -> Result<Vec<u8>, StoreError> {
+        let log = self.log()?;
+        let mut out = Vec::with_capacity(log.len());
         let mut prev = 0;
         for (at, range) in &self.entries {
-            sealed::encode_entry(&mut out, prev, *at, &self.raw[range.clone()]);
+            sealed::encode_entry(&mut out, prev, *at, &log[range.clone()]);
             prev = *at;
         }
-        out
+        Ok(out)
+    }
+
+    /// The log's length: the file's bytes and those pending.
+    fn log_len(&self) -> usize {
+        self.written + self.pending.len()
+    }
+
+    /// The log's bytes: the file's, read back, and those pending.
+    fn log(&self) -> Result<Vec<u8>, StoreError> {
+        let mut log = Vec::with_capacity(self.log_len());
+        log.resize(self.written, 0);
+        self.file
+            .read_exact_at(&mut log, 0)
+            .map_err(|e| self.failed(e))?;
+        log.extend_from_slice(&self.pending);
+        Ok(log)
     }
 
     /// The times of its first and last samples.
@@ -365,14 +389,11 @@ impl Tail {
 
     /// Goes on in `file`, which holds `raw`: the [`Tail::checkpoint`] it
     /// was replaced with after a seal.
-    pub fn restarted(&mut self, (file, path, mut raw): (File, PathBuf, Vec<u8>)) {
+    pub fn restarted(&mut self, (file, path, raw): (File, PathBuf, Vec<u8>)) {
         self.file = Arc::new(file);
         self.path = path;
         self.written = raw.len();
-        // The next minute is likely the size of the last: grown to it at
-        // once, the buffer is not copied over and over as it doubles.
-        raw.reserve(self.raw.len());
-        self.raw = raw;
+        self.pending.clear();
         self.last_written = 0;
         self.stale = false;
         // The checkpoint holds them now.
@@ -380,17 +401,15 @@ impl Tail {
     }
 
     /// Its samples as a block, for reads; `None` while it has none.
-    pub fn snapshot(&mut self) -> Option<Arc<Block>> {
+    pub fn snapshot(&mut self) -> Result<Option<Arc<Block>>, StoreError> {
         if self.entries.is_empty() {
-            return None;
+            return Ok(None);
         }
-        let block = self.snapshot.get_or_insert_with(|| {
-            Arc::new(Block::new(
-                Bytes::copy_from_slice(&self.raw),
-                self.entries.clone(),
-            ))
-        });
-        Some(block.clone())
+        if self.snapshot.is_none() {
+            let block = Block::new(Bytes::from(self.log()?), self.entries.clone());
+            self.snapshot = Some(Arc::new(block));
+        }
+        Ok(self.snapshot.clone())
     }
 
     fn failed(&self, source: std::io::Error) -> StoreError {
