@@ -231,7 +231,7 @@ pub struct WindowArgs {
     pub scope: Scope,
     /// The window ends now and lasts this long, e.g. 10m, 1h, 7d (windows
     /// longer than an hour are widened to whole minutes).
-    #[arg(long, conflicts_with = "from")]
+    #[arg(long, conflicts_with_all = ["from", "to"])]
     pub since: Option<String>,
     /// The window starts at this time.
     #[arg(long)]

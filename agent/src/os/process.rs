@@ -14,7 +14,7 @@
 //!   run since it was last read, so its details and context switches cannot
 //!   have changed: the caller may reuse them instead of reading six more
 //!   files.
-//! - [`read_memory`]: PSS and USS from `smaps_rollup`, ~0.4 ms a process,
+//! - [`read_memory`]: PSS and USS from `smaps_rollup`, ~0.3 ms a process,
 //!   so read on a slower cadence.
 
 use std::fs;

@@ -4,8 +4,9 @@
 //! A record is `len: u32 LE | checksum: u64 LE | payload (len bytes)`, the
 //! checksum an FNV-1a 64 of the payload, and the payload a self-contained
 //! protobuf `pb::Snapshot` (every query text and the facts inline). A torn
-//! or corrupt record ends the segment: reading stops there and the tail
-//! segment is truncated to its last whole record.
+//! or corrupt record ends the segment: opening cuts any segment off at its
+//! last whole record, and what followed it is lost (not counted as
+//! dropped).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
