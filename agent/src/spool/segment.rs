@@ -135,6 +135,14 @@ impl Segment {
             at = next;
         }
         if at < data.len() {
+            // A write a crash tore (at the end of the newest segment), or
+            // damage: what follows cannot be read, so it cannot be counted.
+            tracing::warn!(
+                path = %path.display(),
+                records = records.len(),
+                cut_bytes = data.len() - at,
+                "a spool segment ends in a record that does not read: cut off there"
+            );
             file.set_len(at as u64)
                 .and_then(|_| file.seek(SeekFrom::End(0)).map(|_| ()))
                 .map_err(|e| SpoolError::io("truncate", &path, e))?;
