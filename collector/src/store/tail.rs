@@ -296,12 +296,12 @@ impl Tail {
 
     /// Its samples in time order as a sealed block's bytes.
     pub fn sample_block(&self) -> Result<Vec<u8>, StoreError> {
-        let log = self.log()?;
-        let mut out = Vec::with_capacity(log.len());
+        let (bytes, entries) = self.samples()?;
+        let mut out = Vec::with_capacity(bytes.len());
         let mut prev = 0;
-        for (at, range) in &self.entries {
-            sealed::encode_entry(&mut out, prev, *at, &log[range.clone()]);
-            prev = *at;
+        for (at, range) in entries {
+            sealed::encode_entry(&mut out, prev, at, &bytes[range]);
+            prev = at;
         }
         Ok(out)
     }
@@ -311,15 +311,24 @@ impl Tail {
         self.written + self.pending.len()
     }
 
-    /// The log's bytes: the file's, read back, and those pending.
-    fn log(&self) -> Result<Vec<u8>, StoreError> {
-        let mut log = Vec::with_capacity(self.log_len());
-        log.resize(self.written, 0);
-        self.file
-            .read_exact_at(&mut log, 0)
-            .map_err(|e| self.failed(e))?;
-        log.extend_from_slice(&self.pending);
-        Ok(log)
+    /// The log's bytes from its first sample on (read back from the file,
+    /// then those pending), and where in them each sample lies.
+    fn samples(&self) -> Result<(Vec<u8>, Vec<(Micros, Range<usize>)>), StoreError> {
+        let from = self.entries.iter().map(|e| e.1.start).min().unwrap_or(0);
+        let mut bytes = Vec::with_capacity(self.log_len() - from);
+        if from < self.written {
+            bytes.resize(self.written - from, 0);
+            self.file
+                .read_exact_at(&mut bytes, from as u64)
+                .map_err(|e| self.failed(e))?;
+        }
+        bytes.extend_from_slice(&self.pending[from.saturating_sub(self.written)..]);
+        let entries = self
+            .entries
+            .iter()
+            .map(|(at, range)| (*at, range.start - from..range.end - from))
+            .collect();
+        Ok((bytes, entries))
     }
 
     /// The times of its first and last samples.
@@ -406,7 +415,8 @@ impl Tail {
             return Ok(None);
         }
         if self.snapshot.is_none() {
-            let block = Block::new(Bytes::from(self.log()?), self.entries.clone());
+            let (bytes, entries) = self.samples()?;
+            let block = Block::new(Bytes::from(bytes), entries);
             self.snapshot = Some(Arc::new(block));
         }
         Ok(self.snapshot.clone())
