@@ -51,6 +51,9 @@ const SAMPLE: u8 = 1;
 /// The entry's opened episodes are the whole open set, replacing it.
 const CHECKPOINT: u8 = 2;
 
+/// Samples' times and where their bytes lie, in time order.
+type Places = Vec<(Micros, Range<usize>)>;
+
 /// An episode with its kind, as the tail holds it.
 type Kinded = Box<(EpisodeKind, EpisodeRecord)>;
 
@@ -120,7 +123,7 @@ pub(super) struct Tail {
     written: usize,
     /// Times and places of its samples in the log (the file's bytes, then
     /// `pending`), in time order.
-    entries: Vec<(Micros, Range<usize>)>,
+    entries: Places,
     /// The episodes open now (boxed: a node of the map shifts its values
     /// on every insert, and a record is hundreds of bytes).
     open: BTreeMap<OpenKey, Kinded>,
@@ -313,7 +316,7 @@ impl Tail {
 
     /// The log's bytes from its first sample on (read back from the file,
     /// then those pending), and where in them each sample lies.
-    fn samples(&self) -> Result<(Vec<u8>, Vec<(Micros, Range<usize>)>), StoreError> {
+    fn samples(&self) -> Result<(Vec<u8>, Places), StoreError> {
         let from = self.entries.iter().map(|e| e.1.start).min().unwrap_or(0);
         let mut bytes = Vec::with_capacity(self.log_len() - from);
         if from < self.written {
